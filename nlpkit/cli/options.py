@@ -1,0 +1,82 @@
+"""Option types shared by every command, defined once so a flag means the same everywhere."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+Inputs = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-i",
+        "--input",
+        help="Input FILE (repeatable); '-' is stdin, the default when stdin is not a terminal. "
+        "Plain lines or JSONL records.",
+        show_default=False,
+    ),
+]
+Output = Annotated[
+    str,
+    typer.Option(
+        "-o", "--output", help="Output FILE ('-' is stdout), written atomically.", envvar="NLPKIT_OUTPUT"
+    ),
+]
+InputFormat = Annotated[
+    str,
+    typer.Option(
+        "--input-format",
+        help="auto: lines starting with '{' are JSON records; text: every line is text; jsonl.",
+    ),
+]
+OutputFormat = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        "-f",
+        help="auto (text on a terminal, JSONL otherwise), jsonl (records) or text (for people).",
+    ),
+]
+Quiet = Annotated[
+    bool, typer.Option("-q", "--quiet", help="Silence progress and summaries; errors still print.")
+]
+TopK = Annotated[int, typer.Option("-k", "--top-k", min=1, help="How many results per query.")]
+Seed = Annotated[
+    int, typer.Option("--seed", help="Random seed (random, numpy, torch).", envvar="NLPKIT_SEED")
+]
+Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.", envvar="NLPKIT_DEVICE")]
+Vectors = Annotated[
+    str,
+    typer.Option(
+        "--vectors",
+        help="Word vectors: a named asset (glove-6b-50d) or a .safetensors / GloVe / word2vec file.",
+        envvar="NLPKIT_VECTORS",
+    ),
+]
+Wait = Annotated[bool, typer.Option("--wait", help="Wait for another run's lock instead of exiting 75.")]
+TokenizerSpec = Annotated[
+    str,
+    typer.Option(
+        "-t",
+        "--tokenizer",
+        help="A tokenizer.json, a model folder (tokenizer.json or one .gguf), a .gguf file, "
+        "or a named asset (minilm-l6-v2, smollm2-135m-instruct).",
+        envvar="NLPKIT_TOKENIZER",
+    ),
+]
+
+
+def inputs_or_stdin(inputs: list[str] | None) -> list[str]:
+    """The input files, or stdin when none were given."""
+    return list(inputs) if inputs else ["-"]
+
+
+def wants_text(fmt: str) -> bool:
+    """Resolve --format: text for people, or JSONL records (auto: text only on a terminal)."""
+    import sys
+
+    from nlpkit.errors import UsageError
+
+    if fmt not in ("auto", "text", "jsonl"):
+        raise UsageError(f"unknown --format {fmt!r}", hint="use auto, text or jsonl")
+    return fmt == "text" or (fmt == "auto" and sys.stdout.isatty())

@@ -1,0 +1,515 @@
+"""The pipe contract: records in, records out, tensors on disk, files written atomically.
+
+Every command reads and writes through this module, so the rules live in one place:
+
+* text in: UTF-8 plain lines (each becomes ``{"text": line}``) or JSONL objects, from files
+  or ``-`` (stdin); errors name ``FILE:LINE``;
+* records out: one JSON object per line, UTF-8, no NaN/Infinity, flushed per batch, the
+  input's fields passed through;
+* tensors: ``.safetensors`` with str->str metadata (``nlpkit.kind``, ``nlpkit.version``,
+  ``nlpkit.config``, provenance), read memory-mapped after validating the header;
+* every file is written to a temporary sibling, fsynced, then ``os.replace``-d into place,
+  so a reader (or a ``kill -9``) only ever sees the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import itertools
+import math
+import mmap
+import os
+import shlex
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+import numpy as np
+import orjson
+
+from nlpkit import __version__
+from nlpkit.errors import DataError, InputMissing, IOFailure, Locked, UsageError
+
+STDIO = "-"
+MAX_LINE_BYTES = int(os.environ.get("NLPKIT_MAX_LINE_BYTES", 8 << 20))
+
+Record = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- talk (stderr)
+
+_quiet = os.environ.get("NLPKIT_QUIET", "") not in ("", "0")
+
+
+def set_quiet(quiet: bool) -> None:
+    """``-q``: silence everything on stderr but errors."""
+    global _quiet
+    _quiet = _quiet or quiet
+
+
+def is_quiet() -> bool:
+    return _quiet
+
+
+def say(message: str) -> None:
+    """A summary or warning for people: stderr only, never stdout, silent under ``-q``."""
+    if not _quiet:
+        print(f"nlpkit: {message}", file=sys.stderr, flush=True)
+
+
+def _stderr_is_terminal() -> bool:
+    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+
+
+class Progress:
+    """Progress on stderr: a rich bar on a terminal, a plain line every ``every`` s otherwise.
+
+    ``with Progress("embedding", total=n) as p: p.advance(k)``. Rich is told not to
+    redirect stdout, so data written to stdout never mixes with the bar.
+    """
+
+    def __init__(self, description: str, total: float | None = None, unit: str = "", every: float = 10.0):
+        self.description, self.total, self.unit, self.every = description, total, unit, every
+        self.done = 0.0
+        self._rich: Any = None
+        self._task: Any = None
+        self._start = self._last = time.monotonic()
+
+    def __enter__(self) -> Progress:
+        if not _quiet and _stderr_is_terminal():
+            from rich.console import Console
+            from rich.progress import Progress as RichProgress
+
+            console = Console(stderr=True, no_color="NO_COLOR" in os.environ)
+            self._rich = RichProgress(
+                *RichProgress.get_default_columns(),
+                console=console,
+                redirect_stdout=False,
+                redirect_stderr=False,
+                transient=True,
+            )
+            self._rich.start()
+            self._task = self._rich.add_task(self.description, total=self.total)
+        return self
+
+    def advance(self, n: float = 1.0, **fields: Any) -> None:
+        self.done += n
+        if self._rich is not None:
+            desc = self.description + "".join(f" {k}={v}" for k, v in fields.items())
+            self._rich.update(self._task, advance=n, description=desc)
+        elif not _quiet and time.monotonic() - self._last >= self.every:
+            self._last = time.monotonic()
+            self._plain_line(fields)
+
+    def _plain_line(self, fields: dict[str, Any]) -> None:
+        elapsed = max(time.monotonic() - self._start, 1e-9)
+        of = f"/{self.total:g}" if self.total else ""
+        extra = "".join(f" {k}={v}" for k, v in fields.items())
+        rate = f"{self.done / elapsed:.1f}{self.unit}/s"
+        say(f"{self.description}: {self.done:g}{of}{self.unit} ({rate}){extra}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._rich is not None:
+            self._rich.stop()
+
+
+# --------------------------------------------------------------------------- reading records
+
+
+def _name(path: str) -> str:
+    return "<stdin>" if path == STDIO else path
+
+
+@contextlib.contextmanager
+def open_input(path: str) -> Iterator[BinaryIO]:
+    """Open ``path`` for binary reading; ``-`` is stdin (refused when it is a terminal)."""
+    if path == STDIO:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("no input: stdin is a terminal", hint="give a FILE or pipe text into nlpkit")
+        yield sys.stdin.buffer
+        return
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise InputMissing("no such file", where=path) from None
+    except IsADirectoryError:
+        raise InputMissing("is a directory, expected a file", where=path) from None
+    except PermissionError:
+        raise InputMissing("permission denied", where=path) from None
+    with f:
+        yield f
+
+
+def iter_lines(path: str, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[str, str]]:
+    """Yield ``(where, line)`` for each non-blank line of ``path``, decoded as strict UTF-8.
+
+    ``where`` is ``FILE:LINE`` for error messages. A line longer than ``max_line_bytes``
+    (``NLPKIT_MAX_LINE_BYTES``, default 8 MiB) is refused rather than read whole.
+    """
+    with open_input(path) as f:
+        for lineno, raw in enumerate(_bounded_lines(f, path, max_line_bytes), 1):
+            where = f"{_name(path)}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"invalid UTF-8 at byte {e.start + 1}", where=where, hint="convert the input to UTF-8"
+                ) from None
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield where, line
+
+
+def _bounded_lines(f: BinaryIO, path: str, limit: int) -> Iterator[bytes]:
+    lineno = 0
+    while True:
+        raw = f.readline(limit + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            raise DataError(
+                f"line longer than {limit} bytes",
+                where=f"{_name(path)}:{lineno}",
+                hint="split it, or raise NLPKIT_MAX_LINE_BYTES",
+            )
+        yield raw
+
+
+def parse_record(line: str, where: str) -> Record:
+    """Parse one JSONL line into a dict; NaN, Infinity and non-objects are refused."""
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError as e:
+        raise DataError(
+            f"invalid JSON ({e.msg})", where=where, hint="each line must be one JSON object"
+        ) from None
+    if not isinstance(value, dict):
+        raise DataError(f"expected a JSON object, got {type(value).__name__}", where=where)
+    return value
+
+
+def read_records(
+    paths: str | Sequence[str],
+    *,
+    field: str = "text",
+    fmt: str = "auto",
+    allow_empty: bool = False,
+    required: bool = True,
+    string: bool = True,
+) -> Iterator[tuple[str, Record]]:
+    """Yield ``(where, record)`` from plain-text or JSONL inputs.
+
+    ``fmt``: ``text`` (each line is ``{field: line}``), ``jsonl`` (each line an object that
+    must have ``field`` unless ``required`` is false, and it must be a string unless ``string``
+    is false), or ``auto`` (a line that starts with ``{`` is JSON). Blank lines are
+    skipped. With no record at all and ``allow_empty`` false: a ``DataError``.
+    """
+    if fmt not in ("auto", "text", "jsonl"):
+        raise UsageError(f"unknown input format {fmt!r}", hint="use auto, text or jsonl")
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    count = 0
+    for path in paths:
+        for where, line in iter_lines(path):
+            if fmt == "jsonl" or (fmt == "auto" and line.lstrip().startswith("{")):
+                record = parse_record(line, where)
+                if field not in record:
+                    if required:
+                        raise DataError(f"missing field {field!r}", where=where)
+                elif string and not isinstance(record[field], str):
+                    raise DataError(f"field {field!r} must be a string", where=where)
+            else:
+                record = {field: line}
+            count += 1
+            yield where, record
+    if count == 0 and not allow_empty:
+        names = ", ".join(_name(p) for p in paths)
+        raise DataError(
+            "empty input: no records", where=names, hint="give at least one line of text or JSONL"
+        )
+
+
+# --------------------------------------------------------------------------- writing records
+
+
+def _check_finite(value: Any, path: str = "") -> None:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise DataError(f"refusing to write a non-finite number at {path or 'top level'}")
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise DataError(f"refusing to write a non-finite number in {path or 'array'}")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{path}[{i}]")
+
+
+def dumps_record(record: Record) -> bytes:
+    """One JSONL line (with its newline): UTF-8, compact, float32 arrays written shortest."""
+    _check_finite(record)
+    return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
+
+
+class RecordWriter:
+    """Write records as JSONL to ``-`` (stdout) or a file (atomically, on success).
+
+    Lines are buffered and flushed per ``flush_every`` records, so a consumer downstream in a
+    pipe sees complete records promptly and ``| head`` stops us early.
+    """
+
+    def __init__(self, path: str = STDIO, flush_every: int = 64):
+        self.path, self.flush_every = path, flush_every
+        self.count = 0
+        self._atomic: contextlib.AbstractContextManager[IO[bytes]] | None = None
+        self._out: IO[bytes]
+
+    def __enter__(self) -> RecordWriter:
+        if self.path == STDIO:
+            self._out = sys.stdout.buffer
+        else:
+            self._atomic = atomic_open(self.path)
+            self._out = self._atomic.__enter__()
+        return self
+
+    def write(self, record: Record) -> None:
+        self._out.write(dumps_record(record))
+        self.count += 1
+        if self.count % self.flush_every == 0:
+            self._out.flush()
+
+    def write_lines(self, data: bytes, count: int) -> None:
+        """Write ``count`` records the caller already serialized as JSONL (e.g. a batch from
+        a fast path that only adds ints and strings to records parsed by ``read_records``,
+        which are finite by construction); flushed at once."""
+        self._out.write(data)
+        self.count += count
+        self._out.flush()
+
+    def write_all(self, records: Iterable[Record]) -> None:
+        for record in records:
+            self.write(record)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._atomic is not None:
+            self._atomic.__exit__(exc_type, exc, tb)
+        elif exc_type is None:
+            self._out.flush()
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Write ``path`` all or nothing: temp file beside it, fsync, ``os.replace``, fsync folder.
+
+    If the block raises (or the process dies), ``path`` keeps its old content and the
+    temporary file is removed (or, after ``kill -9``, left as ``.NAME.tmp-PID``).
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputMissing("no such folder", where=str(folder), hint="create it first")
+    tmp = folder / f".{target.name}.tmp-{os.getpid()}"
+    try:
+        f = open(tmp, mode)  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise IOFailure(f"cannot write ({e.strerror})", where=str(target)) from None
+    try:
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        fsync_dir(folder)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, BrokenPipeError):
+            raise IOFailure(f"cannot write ({e.strerror})", where=str(target)) from None
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+def open_output_binary(path: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+    """A binary output: a file written atomically, or stdout for ``-`` (never a terminal)."""
+    if path == STDIO:
+        if sys.stdout.isatty():
+            raise UsageError(
+                "refusing to write binary data to a terminal", hint="redirect stdout or give -o FILE"
+            )
+        return contextlib.nullcontext(sys.stdout.buffer)
+    return atomic_open(path)
+
+
+@contextlib.contextmanager
+def lock_for(output: str | os.PathLike[str], wait: bool = False) -> Iterator[None]:
+    """Hold ``OUTPUT.lock`` (advisory ``flock``) while writing ``output``.
+
+    Another run holding it: ``Locked`` (exit 75) naming its PID, or block with ``wait``.
+    """
+    lock_path = f"{output}.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise Locked(
+                f"locked by another nlpkit run (PID {holder})",
+                where=str(output),
+                hint="wait for it to finish, or pass --wait",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- safetensors
+
+_ST_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+    "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}  # fmt: skip
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit
+
+
+def provenance(**extra: str) -> dict[str, str]:
+    """Metadata every artifact carries: nlpkit version, the command line, plus ``extra``."""
+    meta = {"nlpkit.version": __version__, "nlpkit.command": shlex.join(["nlpkit", *sys.argv[1:]])}
+    meta.update(extra)
+    return meta
+
+
+def save_tensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str], *, kind: str) -> None:
+    """Write a safetensors file (atomically; ``-`` is stdout) with str->str ``metadata``."""
+    from safetensors.numpy import save
+
+    meta = {"nlpkit.kind": kind, **metadata}
+    bad = [k for k, v in meta.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"safetensors metadata must be str->str: {bad}")
+    data = save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=meta)
+    with open_output_binary(path) as f:
+        f.write(data)
+
+
+def read_safetensors_header(path: str, data: bytes | mmap.mmap) -> tuple[dict[str, Any], dict[str, str], int]:
+    """Validate a safetensors header against the file's real size before trusting it.
+
+    Returns ``(tensors, metadata, data_start)``. Every way a header can lie (length past the
+    end, bad JSON, duplicate names, non-string metadata, offsets outside the file, overlaps,
+    a shape that does not match its byte span) is a ``DataError`` naming the file.
+    """
+    size = len(data)
+    if size < 8:
+        raise DataError("not a safetensors file (shorter than 8 bytes)", where=path)
+    n = int.from_bytes(data[:8], "little")
+    if n > size - 8 or n > MAX_HEADER_BYTES:
+        raise DataError(f"safetensors header claims {n} bytes but the file has {size - 8}", where=path)
+    try:
+        header = orjson.loads(bytes(data[8 : 8 + n]))
+    except orjson.JSONDecodeError:
+        raise DataError("safetensors header is not valid JSON", where=path) from None
+    if not isinstance(header, dict):
+        raise DataError("safetensors header is not a JSON object", where=path)
+    _check_duplicate_keys(bytes(data[8 : 8 + n]), path)
+    meta = header.pop("__metadata__", {}) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise DataError("safetensors metadata must map strings to strings", where=path)
+    start, span = 8 + n, size - 8 - n
+    spans = []
+    for name, info in header.items():
+        spans.append(_check_tensor_entry(path, name, info, span))
+    spans.sort()
+    for (_, e0, a), (b1, _, b) in itertools.pairwise(spans):
+        if b1 < e0:
+            raise DataError(f"tensors {a!r} and {b!r} overlap", where=path)
+    return header, meta, start
+
+
+def _check_duplicate_keys(raw: bytes, path: str) -> None:
+    import json
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        if len(keys) != len(set(keys)):
+            raise DataError("safetensors header has duplicate tensor names", where=path)
+        return dict(pairs)
+
+    json.loads(raw, object_pairs_hook=hook)
+
+
+def _check_tensor_entry(path: str, name: str, info: Any, span: int) -> tuple[int, int, str]:
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(info, dict):
+        raise DataError("entry is not an object", where=where)
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in _ST_DTYPES:
+        raise DataError(f"unsupported dtype {dtype!r}", where=where)
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise DataError("bad shape", where=where)
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        raise DataError("bad data_offsets", where=where)
+    begin, end = offsets
+    if not 0 <= begin <= end <= span:
+        raise DataError(f"data_offsets [{begin}, {end}] outside the {span} data bytes", where=where)
+    if math.prod(shape) * np.dtype(_ST_DTYPES[dtype]).itemsize != end - begin:
+        raise DataError(f"shape {shape} does not match {end - begin} bytes of {dtype}", where=where)
+    return begin, end, name
+
+
+def load_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read a safetensors file memory-mapped (read-only arrays, no copy) after validation."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - the mmap keeps its own reference
+    except FileNotFoundError:
+        raise InputMissing("no such file", where=path) from None
+    except IsADirectoryError:
+        raise InputMissing("is a directory, expected a .safetensors file", where=path) from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise DataError("empty file, not safetensors", where=path)
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    header, meta, start = read_safetensors_header(path, mm)
+    tensors = {}
+    for name, info in header.items():
+        begin = info["data_offsets"][0]
+        dtype = np.dtype(_ST_DTYPES[info["dtype"]]).newbyteorder("<")
+        count = math.prod(info["shape"])
+        if count == 0:  # frombuffer refuses an offset at the very end of the buffer
+            tensors[name] = np.zeros(info["shape"], dtype)
+            continue
+        arr = np.frombuffer(mm, dtype=dtype, count=count, offset=start + begin)
+        tensors[name] = arr.reshape(info["shape"])
+    return tensors, meta
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny hand-built word vectors, an isolated model store, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+DATA = Path(__file__).parent / "data"
+
+# A hand-built table where the analogy has one right answer: dims are (royal, male, female, plural).
+TABLE = {
+    "king": [1.0, 1.0, 0.0, 0.0],
+    "man": [0.0, 1.0, 0.0, 0.0],
+    "woman": [0.0, 0.0, 1.0, 0.0],
+    "queen": [1.0, 0.0, 1.0, 0.0],
+    "kings": [1.0, 1.0, 0.0, 1.0],
+    "prince": [0.8, 0.9, 0.0, 0.1],
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty model store; nothing reads the user's cache."""
+    home = tmp_path_factory.mktemp("nlpkit-home")
+    monkeypatch.setenv("NLPKIT_HOME", str(home))
+    for var in ("NLPKIT_AUTO_PULL", "NLPKIT_VECTORS", "NLPKIT_QUIET", "NLPKIT_DEBUG", "NLPKIT_OUTPUT"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture
+def table_path(tmp_path: Path) -> str:
+    """The hand-built table as an nlpkit vectors file."""
+    from nlpkit.vectors import WordVectors
+
+    wv = WordVectors(list(TABLE), np.array(list(TABLE.values()), dtype=np.float32))
+    path = str(tmp_path / "table.safetensors")
+    wv.save(path)
+    return path
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def run_cli(
+    *args: str, input: bytes | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[bytes]:
+    """Run nlpkit as a real process (as a user's shell would)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "nlpkit", *args],
+        input=input,
+        capture_output=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )
