@@ -117,6 +117,14 @@ class Progress:
             self._rich.stop()
 
 
+def with_progress(items: Iterable[Any], description: str, total: float | None = None) -> Iterator[Any]:
+    """Pass ``items`` through, counting them on a progress display (stderr, terminal only)."""
+    with Progress(description, total=total) as progress:
+        for item in items:
+            yield item
+            progress.advance(1)
+
+
 # --------------------------------------------------------------------------- reading records
 
 

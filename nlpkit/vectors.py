@@ -20,7 +20,6 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,26 +31,54 @@ KIND = "vectors"
 EPS_COSMUL = 1e-6  # Levy & Goldberg's epsilon, as gensim's most_similar_cosmul uses
 
 
-@dataclass
 class WordVectors:
-    """A vocabulary and its vectors; ``words[i]`` owns ``vectors[i]``."""
+    """A vocabulary and its vectors; word ``i`` owns ``vectors[i]`` (shape ``(n, d)``, float32).
 
-    words: list[str]
-    vectors: np.ndarray  # (n, d) float32
-    norms: np.ndarray | None = None  # (n,) float32, computed on demand
-    metadata: dict[str, str] = field(default_factory=dict)
-    _index: dict[str, int] | None = field(default=None, repr=False)
+    Loaded from nlpkit's format, the vocabulary stays one UTF-8 blob until someone needs the
+    whole list: a single analogy finds its few words with a byte search instead of building a
+    400k-entry dict (that alone would cost more than the rest of the query).
+    """
 
-    def __post_init__(self) -> None:
-        if self.vectors.ndim != 2 or len(self.words) != self.vectors.shape[0]:
-            raise DataError(f"{len(self.words)} words but vectors of shape {self.vectors.shape}")
+    def __init__(
+        self,
+        words: list[str] | None,
+        vectors: np.ndarray,
+        norms: np.ndarray | None = None,
+        metadata: dict[str, str] | None = None,
+        *,
+        blob: bytes | None = None,
+    ):
+        self._words, self.vectors, self.norms = words, vectors, norms
+        self.metadata = dict(metadata or {})
+        self._blob = b"\n" + blob + b"\n" if blob is not None else None  # padded: every word is \nw\n
+        self._index: dict[str, int] | None = None
+        self._starts: np.ndarray | None = None
+        self._searches = 0
+        count = len(words) if words is not None else (blob.count(b"\n") + 1 if blob else 0)
+        if vectors.ndim != 2 or count != vectors.shape[0]:
+            raise DataError(f"{count} words but vectors of shape {vectors.shape}")
 
     def __len__(self) -> int:
-        return len(self.words)
+        return int(self.vectors.shape[0])
 
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
+
+    @property
+    def words(self) -> list[str]:
+        if self._words is None:
+            assert self._blob is not None
+            self._words = self._blob[1:-1].decode("utf-8").split("\n") if len(self) else []
+        return self._words
+
+    def word(self, i: int) -> str:
+        """Word ``i``, without decoding the whole vocabulary."""
+        if self._words is not None or self._blob is None:
+            return self.words[i]
+        if self._starts is None:
+            self._starts = np.flatnonzero(np.frombuffer(self._blob, np.uint8) == 10)
+        return self._blob[self._starts[i] + 1 : self._starts[i + 1]].decode("utf-8")
 
     @property
     def index(self) -> dict[str, int]:
@@ -63,6 +90,13 @@ class WordVectors:
             self._index = index
         return self._index
 
+    def _find(self, word: str) -> int | None:
+        if self._index is None and self._blob is not None and self._searches < 64:
+            self._searches += 1  # a few look-ups: search the blob; many: build the dict
+            pos = self._blob.find(b"\n" + word.encode("utf-8") + b"\n")
+            return None if pos < 0 else self._blob.count(b"\n", 0, pos + 1) - 1
+        return self.index.get(word)
+
     def row_norms(self) -> np.ndarray:
         if self.norms is None:
             self.norms = np.sqrt(np.einsum("ij,ij->i", self.vectors, self.vectors)).astype(np.float32)
@@ -70,9 +104,11 @@ class WordVectors:
 
     def lookup(self, word: str, fold_case: bool = True) -> int | None:
         """The row of ``word``; with ``fold_case``, fall back to its lower-case form."""
-        i = self.index.get(word)
-        if i is None and fold_case:
-            i = self.index.get(word.lower())
+        if not word or "\n" in word:
+            return None
+        i = self._find(word)
+        if i is None and fold_case and word.lower() != word:
+            i = self._find(word.lower())
         return i
 
     def unit(self, i: int) -> np.ndarray:
@@ -138,16 +174,18 @@ def _load_nlpkit(path: str) -> WordVectors:
     vectors, words_blob = tensors["vectors"], tensors["words"]
     if vectors.ndim != 2 or vectors.dtype != np.float32 or words_blob.dtype != np.uint8:
         raise DataError("vectors must be float32 (n, d) and words uint8", where=path)
+    blob = words_blob.tobytes()
+    count = blob.count(b"\n") + 1 if blob else 0
+    if count != len(vectors):
+        raise DataError(f"{count} words for {len(vectors)} vectors", where=path)
+    norms = tensors.get("norms")
+    if norms is not None and norms.shape != (count,):
+        raise DataError("norms do not match the vectors", where=path)
     try:
-        words = words_blob.tobytes().decode("utf-8").split("\n") if len(words_blob) else []
+        blob.decode("utf-8")  # validate once (fast); decoding into a list waits until needed
     except UnicodeDecodeError:
         raise DataError("words are not valid UTF-8", where=path) from None
-    if len(words) != len(vectors):
-        raise DataError(f"{len(words)} words for {len(vectors)} vectors", where=path)
-    norms = tensors.get("norms")
-    if norms is not None and norms.shape != (len(words),):
-        raise DataError("norms do not match the vectors", where=path)
-    return WordVectors(words, vectors, norms, metadata=meta)
+    return WordVectors(None, vectors, norms, metadata=meta, blob=blob)
 
 
 def _parse_row(parts: list[bytes], dim: int, where: str) -> tuple[str, np.ndarray]:
@@ -369,7 +407,7 @@ def analogy(
     """``analogy(wv, ["king", "woman"], ["man"])`` -> ``[("queen", 0.8524), ...]``; query words excluded."""
     pos, neg = _rows(wv, positive, fold_case), _rows(wv, negative, fold_case)
     s = scores(wv, pos, neg, method, restrict)
-    return [(wv.words[i], float(s[i])) for i in top_k(s, k, exclude=pos + neg)]
+    return [(wv.word(i), float(s[i])) for i in top_k(s, k, exclude=pos + neg)]
 
 
 def similar(
@@ -475,7 +513,9 @@ def evaluate_analogies(
     rows = np.array([q for sec in sections for q in sec["rows"]], dtype=np.int64).reshape(-1, 4)
     owner = np.repeat(np.arange(len(sections)), [len(sec["rows"]) for sec in sections])
     correct, incorrect = np.zeros(len(sections), np.int64), np.zeros(len(sections), np.int64)
-    for i in range(0, len(rows), 256):
+    from nlpkit.formats import with_progress
+
+    for i in with_progress(range(0, len(rows), 256), "evaluating", total=-(-len(rows) // 256)):
         batch = rows[i : i + 256]
         terms = [unit[batch[:, 1]], unit[batch[:, 2]], unit[batch[:, 0]]]
         best = _block_argmax(blocks, terms, batch[:, :3], method, block)

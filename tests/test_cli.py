@@ -380,3 +380,34 @@ def test_quiet_silences_summaries(runner, table_path, tmp_path) -> None:
     r = runner.invoke(app, ["convert", table_path, "-o", str(tmp_path / "v.txt"), "-q"])
     assert r.stderr == ""
     assert np.loadtxt(tmp_path / "v.txt", usecols=(1, 2, 3, 4)).shape == (6, 4)
+
+
+def test_progress_on_a_terminal_never_reaches_stdout(table_path, tmp_path) -> None:
+    """stderr on a pseudo-terminal (the rich bar is live), stdout to a file: exactly N records."""
+    import pty
+
+    n = 30000
+    words = tmp_path / "w.txt"
+    words.write_text("king\n" * n)
+    primary, secondary = pty.openpty()
+    with open(tmp_path / "out.jsonl", "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nlpkit", "embed", "-i", str(words), "--vectors", table_path],
+            stdout=out, stderr=secondary, env={**os.environ, "TERM": "xterm"},
+        )
+        os.close(secondary)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        proc.wait(timeout=60)
+    os.close(primary)
+    lines = (tmp_path / "out.jsonl").read_bytes().splitlines()
+    assert proc.returncode == 0 and len(lines) == n
+    assert all(json.loads(x)["text"] == "king" for x in lines)
+    assert b"embedding" in seen  # the bar was drawn on the terminal, not in the file

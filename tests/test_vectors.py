@@ -215,3 +215,16 @@ def test_word_pairs_spearman(table) -> None:
 
 def test_rank_averages_ties() -> None:
     assert V._rank(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(words, min_size=1, max_size=12))
+def test_lazy_vocabulary_agrees_with_the_index(tmp_path_factory, ws) -> None:
+    path = str(tmp_path_factory.mktemp("lazy") / "v.safetensors")
+    V.WordVectors(ws, np.ones((len(ws), 2), np.float32)).save(path)
+    lazy, eager = V.load_vectors(path), V.load_vectors(path)
+    assert eager.words == ws
+    for i, w in enumerate(ws):
+        assert lazy.word(i) == w
+        assert lazy.lookup(w, fold_case=False) == eager.index[w]  # first occurrence wins
+    assert lazy.lookup("\n") is None and lazy.lookup("") is None

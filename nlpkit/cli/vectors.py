@@ -63,12 +63,13 @@ def embed_cmd(
 
     Example: echo king | nlpkit embed | jq '.vector[:3]'
     """
-    from nlpkit.formats import RecordWriter, set_quiet
+    from nlpkit.formats import RecordWriter, set_quiet, with_progress
     from nlpkit.vectors import WordVectors, embed_records, load_vectors
 
     set_quiet(quiet)
     wv = load_vectors(vectors)
-    stream = embed_records(wv, _records(words, inputs, input_format, field), field, oov, fold_case)
+    records = with_progress(_records(words, inputs, input_format, field), "embedding")
+    stream = embed_records(wv, records, field, oov, fold_case)
     if output.endswith(".safetensors"):
         import numpy as np
 
@@ -199,7 +200,7 @@ def _answer(
     output: str,
     **options: Any,
 ) -> None:
-    from nlpkit.formats import RecordWriter, read_records
+    from nlpkit.formats import RecordWriter, read_records, with_progress
     from nlpkit.vectors import answer_records, parse_expression
 
     if terms and not options.get("neighbours"):
@@ -211,7 +212,7 @@ def _answer(
         records = read_records(
             inputs_or_stdin(inputs), fmt=input_format, required=bool(options.get("neighbours"))
         )
-    results = answer_records(wv, records, **options)
+    results = answer_records(wv, with_progress(records, "querying"), **options)
     if wants_text(fmt) and output == "-":
         single = terms and not options.get("neighbours")
         for rec in results:
