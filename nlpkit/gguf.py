@@ -1,0 +1,228 @@
+"""A small GGUF (v2/v3) *metadata* reader that is safe on files strangers wrote.
+
+GGUF is llama.cpp's model file: a header, typed key/value metadata, tensor descriptions, then
+the tensor data. This module reads the header and the metadata only (no tensors), which is
+everything a tokenizer or a model config needs::
+
+    meta = read_metadata("SmolLM2-135M-Instruct.Q4_1.gguf")
+    meta["tokenizer.ggml.model"]          # -> 'gpt2'
+    len(meta["tokenizer.ggml.tokens"])    # -> 49152 (a lazy StringArray)
+
+Hostile input: every count and length is checked against the bytes left in the file *before*
+anything is allocated, so memory stays below the file size (numeric arrays are copied once;
+string arrays keep one 8-byte offset per element, and each element takes at least 8 bytes of
+file). Anything malformed is a ``DataError`` (exit 65) naming the file and byte offset.
+
+Format (little-endian): ``b"GGUF"``, u32 version, u64 tensor count, u64 key/value count, then
+per key/value: string key, u32 type, value. A string is a u64 byte length plus UTF-8 bytes; an
+array is u32 element type, u64 count, elements.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, overload
+
+import numpy as np
+
+from nlpkit.errors import DataError, InputMissing
+
+MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)  # v1 used 32-bit counts and is long gone
+
+# value type -> (struct format, numpy dtype); 8 STRING and 9 ARRAY are handled apart
+_SCALARS: dict[int, tuple[str, str]] = {
+    0: ("<B", "<u1"),
+    1: ("<b", "<i1"),
+    2: ("<H", "<u2"),
+    3: ("<h", "<i2"),
+    4: ("<I", "<u4"),
+    5: ("<i", "<i4"),
+    6: ("<f", "<f4"),
+    7: ("<B", "<u1"),
+    10: ("<Q", "<u8"),
+    11: ("<q", "<i8"),
+    12: ("<d", "<f8"),
+}
+_BOOL, _STRING, _ARRAY = 7, 8, 9
+# the smallest key/value: an 8-byte key length, a 1-byte key, a 4-byte type, a 1-byte value
+_MIN_KV_BYTES = 14
+# the smallest tensor description: name length, 1-byte name, n_dims, type, offset
+_MIN_TENSOR_BYTES = 8 + 1 + 4 + 4 + 8
+
+
+class StringArray(Sequence[str]):
+    """A GGUF array of strings, decoded on access (``len``, indexing, iteration).
+
+    Holds one offset per element into the mapped file rather than a Python ``str`` each,
+    so a file of millions of tiny strings cannot inflate memory beyond its own size.
+    """
+
+    def __init__(self, path: str, data: mmap.mmap, offsets: array[int]):
+        self._path, self._data, self._offsets = path, data, offsets
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        offset = self._offsets[i]
+        (n,) = struct.unpack_from("<Q", self._data, offset)
+        return _decode(self._data[offset + 8 : offset + 8 + n], self._path, offset)
+
+    def __iter__(self) -> Iterator[str]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        return f"StringArray(len={len(self)})"
+
+
+@dataclass(frozen=True)
+class GGUFMetadata:
+    """The header and metadata of one GGUF file. ``meta[key]`` is the value; scalars are
+    ``int``/``float``/``bool``/``str``, numeric arrays ``numpy`` arrays, string arrays
+    ``StringArray``."""
+
+    path: str
+    version: int
+    tensor_count: int
+    fields: dict[str, Any]
+    end: int  # byte offset where the tensor descriptions start
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.fields:
+            raise DataError(f"GGUF metadata has no {key!r}", where=self.path)
+        return self.fields[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.fields
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.fields.get(key, default)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> GGUFMetadata:
+    """Read the header and every key/value of a GGUF file; ``DataError`` if malformed."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 24:
+                raise DataError(f"not a GGUF file ({size} bytes, shorter than a GGUF header)", where=name)
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except FileNotFoundError:
+        raise InputMissing("no such file", where=name) from None
+    except IsADirectoryError:
+        raise InputMissing("is a directory, expected a .gguf file", where=name) from None
+    return _Reader(name, data).read()
+
+
+def _decode(raw: bytes, path: str, offset: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"invalid UTF-8 in a string at byte {offset}", where=path) from None
+
+
+class _Reader:
+    """A cursor over the mapped file; every read checks the bytes that remain first."""
+
+    def __init__(self, path: str, data: mmap.mmap):
+        self.path, self.data, self.pos, self.size = path, data, 0, len(data)
+
+    def fail(self, what: str) -> DataError:
+        return DataError(
+            f"{what} (at byte {self.pos})", where=self.path, hint="the GGUF file is damaged or not GGUF"
+        )
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or n > self.size - self.pos:
+            raise self.fail(f"{what} needs {n} bytes but only {self.size - self.pos} remain")
+
+    def unpack(self, fmt: str, what: str) -> Any:
+        n = struct.calcsize(fmt)
+        self.need(n, what)
+        (value,) = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += n
+        return value
+
+    def string(self, what: str) -> str:
+        start = self.pos
+        n = self.unpack("<Q", what)
+        self.need(n, what)
+        self.pos += n
+        return _decode(self.data[self.pos - n : self.pos], self.path, start)
+
+    def read(self) -> GGUFMetadata:
+        if self.data[:4] != MAGIC:
+            raise DataError("not a GGUF file (no GGUF magic)", where=self.path)
+        self.pos = 4
+        version = self.unpack("<I", "version")
+        if version not in SUPPORTED_VERSIONS:
+            swapped = int.from_bytes(version.to_bytes(4, "little"), "big")
+            hint = (
+                "big-endian GGUF is not supported" if swapped in SUPPORTED_VERSIONS else "need GGUF v2 or v3"
+            )
+            raise DataError(f"unsupported GGUF version {version}", where=self.path, hint=hint)
+        tensor_count = self.unpack("<Q", "tensor count")
+        kv_count = self.unpack("<Q", "metadata count")
+        # Counts are bounded by what the rest of the file could possibly describe.
+        if kv_count * _MIN_KV_BYTES > self.size - self.pos:
+            raise self.fail(f"metadata count {kv_count} cannot fit in the file")
+        if tensor_count * _MIN_TENSOR_BYTES > self.size - self.pos:
+            raise self.fail(f"tensor count {tensor_count} cannot fit in the file")
+        fields: dict[str, Any] = {}
+        for _ in range(kv_count):
+            key = self.string("metadata key")
+            if key in fields:
+                raise self.fail(f"duplicate metadata key {key!r}")
+            fields[key] = self.value(self.unpack("<I", "value type"), key)
+        return GGUFMetadata(self.path, version, tensor_count, fields, self.pos)
+
+    def value(self, vtype: int, key: str) -> Any:
+        if vtype in _SCALARS:
+            value = self.unpack(_SCALARS[vtype][0], key)
+            return bool(value) if vtype == _BOOL else value
+        if vtype == _STRING:
+            return self.string(key)
+        if vtype == _ARRAY:
+            return self.array(key)
+        raise self.fail(f"unknown value type {vtype} for {key!r}")
+
+    def array(self, key: str) -> Any:
+        etype = self.unpack("<I", f"{key} element type")
+        count = self.unpack("<Q", f"{key} length")
+        if etype in _SCALARS:
+            dtype = np.dtype(_SCALARS[etype][1])
+            self.need(count * dtype.itemsize, f"array {key!r} of {count}")
+            values = np.frombuffer(self.data, dtype=dtype, count=count, offset=self.pos).copy()
+            self.pos += count * dtype.itemsize
+            return values != 0 if etype == _BOOL else values
+        if etype == _STRING:
+            self.need(count * 8, f"array {key!r} of {count} strings")  # before allocating offsets
+            offsets = array("Q", [0]) * count
+            pos, size, unpack_from = self.pos, self.size, struct.unpack_from
+            for i in range(count):
+                if pos + 8 > size:
+                    break
+                offsets[i] = pos
+                pos += 8 + unpack_from("<Q", self.data, pos)[0]
+            else:
+                if pos <= size:
+                    self.pos = pos
+                    return StringArray(self.path, self.data, offsets)
+            self.pos = min(pos, size)
+            raise self.fail(f"array {key!r} runs past the end of the file")
+        # Arrays of arrays are legal GGUF but no tokenizer or config uses them.
+        raise self.fail(f"unsupported element type {etype} in array {key!r}")
