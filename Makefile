@@ -32,7 +32,7 @@ test: $(STAMP)
 
 # Real models and long runs (pulls the real assets into NLPKIT_HOME; minutes).
 test-slow: $(STAMP)
-	NLPKIT_TEST_KILLS=50 $(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow
 
 # Regenerate completions/ and man/ from the CLI (tests/test_docs.py checks they are current).
 docs: $(STAMP)

@@ -306,10 +306,7 @@ def test_pipe_between_commands(table_path) -> None:
     assert json.loads(r.stdout) == {"text": "queen", "results": [{"word": "woman", "score": 0.707107}]}
 
 
-N_KILLS = int(os.environ.get("NLPKIT_TEST_KILLS", "12"))
-
-
-def test_kill_9_during_output_leaves_old_or_new_file(table_path, tmp_path) -> None:
+def _kill_during_output(table_path: str, tmp_path: Path, kills: int) -> None:
     words = tmp_path / "w.txt"
     words.write_text("king\nqueen\nprince\n" * 40000)
     target = tmp_path / "out.jsonl"
@@ -330,7 +327,7 @@ def test_kill_9_during_output_leaves_old_or_new_file(table_path, tmp_path) -> No
     old = b'{"text": "old"}\n'
     rng = random.Random(0)
     outcomes = set()
-    for _ in range(N_KILLS):
+    for _ in range(kills):
         target.write_bytes(old)
         proc = subprocess.Popen(cmd)
         time.sleep(rng.uniform(0.05, 1.5))
@@ -340,6 +337,15 @@ def test_kill_9_during_output_leaves_old_or_new_file(table_path, tmp_path) -> No
         assert content in (old, new)
         outcomes.add(content == new)
     assert False in outcomes  # some kills really landed mid-write
+
+
+def test_kill_9_during_output_leaves_old_or_new_file(table_path, tmp_path) -> None:
+    _kill_during_output(table_path, tmp_path, kills=12)
+
+
+@pytest.mark.slow
+def test_kill_9_fifty_times(table_path, tmp_path) -> None:
+    _kill_during_output(table_path, tmp_path, kills=50)
 
 
 def test_import_cli_leaves_heavy_modules_unloaded(table_path) -> None:
@@ -393,7 +399,9 @@ def test_progress_on_a_terminal_never_reaches_stdout(table_path, tmp_path) -> No
     with open(tmp_path / "out.jsonl", "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "nlpkit", "embed", "-i", str(words), "--vectors", table_path],
-            stdout=out, stderr=secondary, env={**os.environ, "TERM": "xterm"},
+            stdout=out,
+            stderr=secondary,
+            env={**os.environ, "TERM": "xterm"},
         )
         os.close(secondary)
         seen = b""
