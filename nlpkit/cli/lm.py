@@ -1,0 +1,403 @@
+"""Language-model commands: train-lstm, train-transformer, generate, eval, plot."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from nlpkit.cli import app
+from nlpkit.cli.options import (
+    InputFormat,
+    Inputs,
+    OutputFormat,
+    Quiet,
+    TokenizerSpec,
+    Wait,
+    inputs_or_stdin,
+    wants_text,
+)
+
+Paths = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Text files or folders (default: -i / stdin). Plain lines or JSONL records.", show_default=False
+    ),
+]
+ModelOut = Annotated[str, typer.Option("-o", "--output", help="The model folder to write (or --resume).")]
+ModelDir = Annotated[
+    str, typer.Argument(help="A model folder written by nlpkit train-*.", show_default=False)
+]
+Preset = Annotated[
+    str | None,
+    typer.Option("--preset", help="tiny, small (default), medium or large; explicit flags override it."),
+]
+Field = Annotated[str, typer.Option("--field", help="Record field holding the text.")]
+Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.", envvar="NLPKIT_DEVICE")]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="Continue the run in -o from its latest checkpoint (same input).")
+]
+
+# Model and training flags: None when not given (the preset decides).
+NLayer = Annotated[int | None, typer.Option("--n-layer", min=1, help="Layers.", show_default=False)]
+NEmbd = Annotated[
+    int | None, typer.Option("--n-embd", min=1, help="Embedding (and hidden) size.", show_default=False)
+]
+NHead = Annotated[int | None, typer.Option("--n-head", min=1, help="Attention heads.", show_default=False)]
+NKvHead = Annotated[
+    int | None,
+    typer.Option(
+        "--n-kv-head", min=1, help="Key/value heads (fewer: grouped-query attention).", show_default=False
+    ),
+]
+Ffn = Annotated[
+    int | None,
+    typer.Option(
+        "--intermediate-size", min=1, help="Feed-forward width (default 8/3 n_embd).", show_default=False
+    ),
+]
+BlockSize = Annotated[
+    int | None, typer.Option("--block-size", min=1, help="Tokens per sequence.", show_default=False)
+]
+Dropout = Annotated[float | None, typer.Option("--dropout", help="Dropout probability.", show_default=False)]
+Tie = Annotated[
+    bool | None,
+    typer.Option("--tie/--no-tie", help="Share the embedding and output matrices.", show_default=False),
+]
+BatchSize = Annotated[
+    int | None,
+    typer.Option("--batch-size", min=1, help="Sequences per micro-batch per process.", show_default=False),
+]
+GradAccum = Annotated[
+    int | None,
+    typer.Option("--grad-accum", min=1, help="Micro-batches per optimizer step.", show_default=False),
+]
+Lr = Annotated[float | None, typer.Option("--lr", help="Peak learning rate.", show_default=False)]
+MinLr = Annotated[
+    float | None, typer.Option("--min-lr", help="Final learning rate (default lr/10).", show_default=False)
+]
+Warmup = Annotated[
+    int | None, typer.Option("--warmup-steps", min=0, help="Linear warmup steps.", show_default=False)
+]
+DecaySteps = Annotated[
+    int | None,
+    typer.Option(
+        "--lr-decay-steps", min=1, help="Cosine length in steps (default --max-steps).", show_default=False
+    ),
+]
+WeightDecay = Annotated[
+    float | None, typer.Option("--weight-decay", help="AdamW weight decay.", show_default=False)
+]
+Beta2 = Annotated[float | None, typer.Option("--beta2", help="AdamW beta2.", show_default=False)]
+GradClip = Annotated[
+    float | None, typer.Option("--grad-clip", help="Gradient norm clip (0: off).", show_default=False)
+]
+MaxSteps = Annotated[
+    int | None, typer.Option("--max-steps", min=1, help="Stop after N steps.", show_default=False)
+]
+MaxTime = Annotated[
+    str | None,
+    typer.Option("--max-time", help="Stop after this much training: 90, 90s, 5m, 2h.", show_default=False),
+]
+EvalInterval = Annotated[
+    int | None, typer.Option("--eval-interval", min=1, help="Steps between evaluations.", show_default=False)
+]
+EvalIters = Annotated[
+    int | None,
+    typer.Option("--eval-iters", min=1, help="Validation batches per evaluation.", show_default=False),
+]
+LogInterval = Annotated[
+    int | None,
+    typer.Option("--log-interval", min=1, help="Steps between train.jsonl records.", show_default=False),
+]
+CkptInterval = Annotated[
+    int | None,
+    typer.Option(
+        "--checkpoint-interval", min=0, help="Steps between checkpoints (0: at the end).", show_default=False
+    ),
+]
+ValFraction = Annotated[
+    float | None,
+    typer.Option("--val-fraction", help="Held-out share of the data (last part).", show_default=False),
+]
+Seed = Annotated[
+    int | None, typer.Option("--seed", help="Random seed.", envvar="NLPKIT_SEED", show_default=False)
+]
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        "--threads", min=1, help="CPU threads for torch.", envvar="NLPKIT_THREADS", show_default=False
+    ),
+]
+
+
+def _seconds(text: str | None) -> float | None:
+    from nlpkit.errors import UsageError
+
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        return float(number) * unit
+    except ValueError:
+        raise UsageError(
+            f"--max-time {text!r} is not a duration", hint="use seconds, or 90s, 5m, 2h"
+        ) from None
+
+
+def _train(
+    arch: str, paths: list[str] | None, inputs: list[str] | None, output: str, options: dict[str, Any]
+) -> None:
+    """Shared body of the train commands: explicit flags become overrides of the preset."""
+    import json
+    import os
+
+    from nlpkit.formats import say, set_quiet
+    from nlpkit.train import train
+
+    set_quiet(options.pop("quiet"))
+    common = {k: options.pop(k) for k in ("preset", "tokenizer", "resume", "field", "input_format", "wait")}
+    common["tokenizer"] = common["tokenizer"] or None  # "": one token per character
+    options["max_time"] = _seconds(options["max_time"])
+    options["tie_embeddings"] = options.pop("tie", None)
+    overrides = {k: v for k, v in options.items() if v is not None}
+    summary = train(
+        [*(paths or []), *(inputs or [])] or ["-"], output, arch=arch, preset=common["preset"],
+        overrides=overrides, tokenizer=common["tokenizer"], resume=common["resume"], field=common["field"],
+        fmt=common["input_format"], wait=common["wait"],
+    )  # fmt: skip
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, only rank 0 reports
+        return
+    print(json.dumps(summary), flush=True)
+    say(f"{summary['step']} steps, val_loss {summary.get('val_loss', float('nan')):.4f}, "
+        f"{summary.get('tokens_per_s')} tokens/s: {output}")  # fmt: skip
+
+
+@app.command("train-transformer")
+def train_transformer_cmd(
+    paths: Paths = None,
+    inputs: Inputs = None,
+    output: ModelOut = "model",
+    arch: Annotated[
+        str,
+        typer.Option("--arch", help="decoder (Llama family) or encoder-decoder (JSONL input/output pairs)."),
+    ] = "decoder",
+    preset: Preset = None,
+    tokenizer: TokenizerSpec = "",
+    n_layer: NLayer = None,
+    n_embd: NEmbd = None,
+    n_head: NHead = None,
+    n_kv_head: NKvHead = None,
+    intermediate_size: Ffn = None,
+    block_size: BlockSize = None,
+    dropout: Dropout = None,
+    tie: Tie = None,
+    batch_size: BatchSize = None,
+    grad_accum: GradAccum = None,
+    lr: Lr = None,
+    min_lr: MinLr = None,
+    warmup_steps: Warmup = None,
+    lr_decay_steps: DecaySteps = None,
+    weight_decay: WeightDecay = None,
+    beta2: Beta2 = None,
+    grad_clip: GradClip = None,
+    max_steps: MaxSteps = None,
+    max_time: MaxTime = None,
+    eval_interval: EvalInterval = None,
+    eval_iters: EvalIters = None,
+    log_interval: LogInterval = None,
+    checkpoint_interval: CkptInterval = None,
+    val_fraction: ValFraction = None,
+    seed: Seed = None,
+    device: Device = "auto",
+    threads: Threads = None,
+    resume: Resume = False,
+    field: Field = "text",
+    input_format: InputFormat = "auto",
+    wait: Wait = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train a transformer language model from text (characters unless -t names a tokenizer).
+
+    The decoder is Llama-shaped (RMSNorm, rotary embeddings, SwiGLU, grouped-query attention):
+    transformers' LlamaForCausalLM loads the folder. The encoder-decoder is the original
+    Transformer, trained on JSONL {"input": ..., "output": ...} records. The folder gets
+    config.json, tokenizer.json, model.safetensors, train.jsonl and checkpoints/. SIGTERM
+    checkpoints and exits 143; --resume continues. Runs under torchrun for DDP. One JSON
+    summary record goes to stdout.
+
+    Example: nlpkit train-transformer plays/ -o shakespeare --preset small --max-time 5m
+    """
+    options = dict(locals())
+    from nlpkit.errors import UsageError
+
+    kinds = {"decoder": "llama", "llama": "llama", "encoder-decoder": "seq2seq", "seq2seq": "seq2seq"}
+    if arch not in kinds:
+        raise UsageError(f"unknown --arch {arch!r}", hint="use decoder or encoder-decoder")
+    for k in ("paths", "inputs", "output", "arch"):
+        options.pop(k)
+    _train(kinds[arch], paths, inputs, output, options)
+
+
+@app.command("train-lstm")
+def train_lstm_cmd(
+    paths: Paths = None,
+    inputs: Inputs = None,
+    output: ModelOut = "model",
+    preset: Preset = None,
+    tokenizer: TokenizerSpec = "",
+    n_layer: NLayer = None,
+    n_embd: NEmbd = None,
+    block_size: BlockSize = None,
+    dropout: Dropout = None,
+    tie: Tie = None,
+    batch_size: BatchSize = None,
+    grad_accum: GradAccum = None,
+    lr: Lr = None,
+    min_lr: MinLr = None,
+    warmup_steps: Warmup = None,
+    lr_decay_steps: DecaySteps = None,
+    weight_decay: WeightDecay = None,
+    beta2: Beta2 = None,
+    grad_clip: GradClip = None,
+    max_steps: MaxSteps = None,
+    max_time: MaxTime = None,
+    eval_interval: EvalInterval = None,
+    eval_iters: EvalIters = None,
+    log_interval: LogInterval = None,
+    checkpoint_interval: CkptInterval = None,
+    val_fraction: ValFraction = None,
+    seed: Seed = None,
+    device: Device = "auto",
+    threads: Threads = None,
+    resume: Resume = False,
+    field: Field = "text",
+    input_format: InputFormat = "auto",
+    wait: Wait = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train an LSTM language model (embedding -> LSTM -> head) from text.
+
+    Same data, checkpoints, SIGTERM/--resume, torchrun and output as train-transformer.
+
+    Example: nlpkit train-lstm plays/ -o lstm --preset small --max-time 5m
+    """
+    options = dict(locals())
+    for k in ("paths", "inputs", "output"):
+        options.pop(k)
+    _train("lstm", paths, inputs, output, options)
+
+
+@app.command("generate")
+def generate_cmd(
+    model: ModelDir,
+    prompts: Annotated[
+        list[str] | None,
+        typer.Argument(help="Prompts (default: records from -i / stdin).", show_default=False),
+    ] = None,
+    inputs: Inputs = None,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", "-n", min=0, help="Tokens to add.")
+    ] = 200,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0: greedy.")] = 0.8,
+    top_k: Annotated[int, typer.Option("--top-k", min=0, help="Sample among the k likeliest (0: all).")] = 0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (1: off).")] = 1.0,
+    stop: Annotated[
+        list[str] | None, typer.Option("--stop", help="End the completion before this string (repeatable).")
+    ] = None,
+    seed: Seed = None,
+    field: Annotated[str | None, typer.Option("--field", help="Record field holding the prompt.")] = None,
+    device: Device = "auto",
+    input_format: InputFormat = "auto",
+    fmt: OutputFormat = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Complete prompts with a trained model (any of the three architectures).
+
+    On a terminal the text streams as it is sampled; in a pipe each prompt becomes a JSONL
+    record: its input fields plus "completion". Prompt i is drawn with --seed + i, so a seed
+    gives the same text on every run. The encoder-decoder reads the "input" field.
+
+    Example: nlpkit generate shakespeare "ROMEO:" -n 200 --seed 1
+    """
+    import sys
+
+    from nlpkit.formats import RecordWriter, read_records, set_quiet
+    from nlpkit.generate import Generator, Sampling
+
+    set_quiet(quiet)
+    s = Sampling(max_new_tokens, temperature, top_k, top_p, list(stop or []), seed)
+    gen = Generator.load(model, device)
+    field = field or ("input" if gen.cfg.arch == "seq2seq" else "text")
+    if prompts:
+        records: Any = ((f"<argument {i + 1}>", {field: p}) for i, p in enumerate(prompts))
+    else:
+        records = read_records(inputs_or_stdin(inputs), field=field, fmt=input_format)
+    if not wants_text(fmt):
+        from nlpkit.generate import generate_records
+
+        with RecordWriter("-", flush_every=1) as out:
+            out.write_all(generate_records(gen, records, s, field))
+        return
+    for i, (_, record) in enumerate(records):
+        sys.stdout.write(record[field] if gen.cfg.arch != "seq2seq" else "")
+        for piece in gen.stream(record[field], s.for_record(i)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+@app.command("eval")
+def eval_cmd(
+    model: ModelDir,
+    paths: Paths = None,
+    inputs: Inputs = None,
+    field: Field = "text",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per batch.")] = 32,
+    device: Device = "auto",
+    input_format: InputFormat = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Loss and perplexity of a model on held-out text: one JSON record on stdout.
+
+    The text is tokenized with the model's tokenizer, joined by newlines and cut into
+    non-overlapping blocks of the model's length (pairs for an encoder-decoder); "loss" is
+    the mean cross-entropy per predicted token, in nats.
+
+    Example: nlpkit eval shakespeare held-out.txt | jq .perplexity
+    """
+    import json
+
+    from nlpkit.formats import set_quiet
+    from nlpkit.train import eval_model
+
+    set_quiet(quiet)
+    files = [*(paths or []), *(inputs or [])] or ["-"]
+    print(
+        json.dumps(
+            eval_model(model, files, field=field, fmt=input_format, batch_size=batch_size, device=device)
+        )
+    )
+
+
+@app.command("plot")
+def plot_cmd(
+    log: Annotated[
+        str, typer.Argument(help="A train.jsonl (or a model folder holding one).", show_default=False)
+    ],
+    output: Annotated[
+        str, typer.Option("-o", "--output", help="The picture: .svg (built in) or .png (matplotlib).")
+    ] = "curves.svg",
+) -> None:
+    """Training and validation loss curves of a run as a picture.
+
+    Example: nlpkit plot shakespeare/train.jsonl -o curves.svg
+    """
+    from pathlib import Path
+
+    from nlpkit.curves import plot_curves
+
+    path = Path(log)
+    plot_curves(str(path / "train.jsonl" if path.is_dir() else path), output)

@@ -1,0 +1,183 @@
+"""Text generation from any nlpkit model folder: sampling, the KV cache loop, streamed text.
+
+    gen = Generator.load("model/")
+    for piece in gen.stream("ROMEO:", Sampling(max_new_tokens=100, temperature=0.8, seed=1)):
+        print(piece, end="", flush=True)
+
+One token at a time through the model's ``step`` (a KV cache for llama, the recurrent state for
+the LSTM, the encoded source for the encoder-decoder, whose prompt is its input). Sampling is
+temperature, then top-k, then top-p (nucleus), drawn from a ``torch.Generator`` seeded per
+prompt, so a seed gives the same text on every run on the CPU. Text is decoded as it grows;
+a piece that ends inside a multi-byte character, or could be the start of a stop string, is
+held back until it is complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nlpkit.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+    from tokenizers import Tokenizer
+
+    from nlpkit.model import ModelConfig
+
+
+@dataclass
+class Sampling:
+    """How to pick tokens; the flags mirror the names."""
+
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0: greedy (always the most likely token)
+    top_k: int = 0  # keep the k most likely tokens (0: all)
+    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p (1: all)
+    stop: list[str] = field(default_factory=list)  # end the completion before any of these strings
+    seed: int | None = None  # None: a different draw every run
+
+    def for_record(self, i: int) -> Sampling:
+        """The settings for the i-th prompt of a stream: seed + i (so each prompt has its own draw)."""
+        return Sampling(**{**self.__dict__, "seed": None if self.seed is None else self.seed + i})
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0 or self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise UsageError(
+                "--max-new-tokens, --temperature and --top-k must not be negative, --top-p in (0, 1]"
+            )
+        if any(not s for s in self.stop):
+            raise UsageError("--stop strings must not be empty")
+
+
+def sample_token(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None) -> int:
+    """One token id from (vocab,) logits: temperature, top-k, top-p, then a draw."""
+    import torch
+
+    if s.temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / s.temperature
+    if s.top_k and s.top_k < logits.numel():
+        kth = torch.topk(logits, s.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if s.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        sorted_probs = torch.softmax(sorted_logits, dim=-1)
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= s.top_p  # the tokens before reach p already
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class Generator:
+    """A loaded model folder (network + tokenizer) that completes prompts."""
+
+    def __init__(self, model: Any, cfg: ModelConfig, tok: Tokenizer, device: str = "cpu"):
+        self.model, self.cfg, self.tok, self.device = model, cfg, tok, device
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "auto") -> Generator:
+        from nlpkit.model import load_model
+        from nlpkit.tokenizer import load
+        from nlpkit.train import import_torch, resolve_device
+
+        import_torch()
+        device = resolve_device(device)
+        model, cfg = load_model(folder, device)
+        return cls(model, cfg, load(str(folder)), device)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The prompt's ids; an empty prompt starts from the record separator ("\\n") or bos."""
+        ids = self.tok.encode(prompt, add_special_tokens=False).ids
+        if self.cfg.arch == "seq2seq":
+            return [*ids[: self.cfg.block_size - 1], int(self.cfg.eos_id or 0)]
+        if not ids:
+            newline = self.tok.encode("\n", add_special_tokens=False).ids
+            ids = newline[-1:] if newline else [self.cfg.bos_id or 0]
+        return ids
+
+    def tokens(self, prompt: str, s: Sampling) -> Iterator[int]:
+        """Sampled token ids until max_new_tokens, the end-of-sequence token (or the caller stops)."""
+        import torch
+
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(s.seed if s.seed is not None else int(torch.seed()))
+        ids = self.prompt_ids(prompt)
+        window = self.cfg.block_size
+        # padding and the start token are never a continuation
+        banned = [i for i in (self.cfg.pad_id, self.cfg.bos_id) if i is not None and i != self.cfg.eos_id]
+        context = ids[-window:] if self.cfg.arch == "llama" else ids
+        with torch.inference_mode():
+            cache = self.model.new_cache(1)
+            logits = self.model.step(torch.tensor([context], device=self.device), cache)
+            for n in range(s.max_new_tokens):
+                logits[0, banned] = float("-inf")
+                token = sample_token(logits[0], s, generator)
+                if token == self.cfg.eos_id or (self.cfg.arch == "seq2seq" and n + 1 >= window):
+                    return
+                yield token
+                context.append(token)
+                if self.cfg.arch == "llama" and cache.pos >= window:  # full: restart on the last half
+                    context = context[-(window // 2) :]
+                    cache = self.model.new_cache(1)
+                    logits = self.model.step(torch.tensor([context], device=self.device), cache)
+                else:
+                    logits = self.model.step(torch.tensor([[token]], device=self.device), cache)
+
+    def stream(self, prompt: str, s: Sampling) -> Iterator[str]:
+        """The completion as text pieces, ending before the first stop string."""
+        base_ids = [] if self.cfg.arch == "seq2seq" else self.tok.encode(prompt, add_special_tokens=False).ids
+        base = self.tok.decode(base_ids)
+        new: list[int] = []
+        done = 0  # characters of the completion already yielded
+        for token in self.tokens(prompt, s):
+            new.append(token)
+            text = self._completion(base_ids, base, new)
+            if text.endswith("\ufffd"):  # inside a multi-byte character
+                continue
+            hit = min((i for i in (text.find(x) for x in s.stop) if i >= 0), default=-1)
+            if hit >= 0:
+                yield text[done:hit]
+                return
+            safe = len(text) - _held_back(text, s.stop)
+            if safe > done:
+                yield text[done:safe]
+                done = safe
+        text = self._completion(base_ids, base, new)
+        if len(text) > done:
+            yield text[done:]
+
+    def _completion(self, base_ids: list[int], base: str, new: list[int]) -> str:
+        """Decode prompt + new tokens and drop the prompt's text (a piece decoded alone may lose
+        a leading space)."""
+        full = self.tok.decode(base_ids + new)
+        return full[len(base) :] if full.startswith(base) else self.tok.decode(new)
+
+    def complete(self, prompt: str, s: Sampling) -> str:
+        return "".join(self.stream(prompt, s))
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest end of ``text`` that begins one of ``stops``."""
+    best = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:k]):
+                best = k
+                break
+    return best
+
+
+def generate_records(
+    gen: Generator, records: Iterator[tuple[str, dict[str, Any]]], s: Sampling, field: str
+) -> Iterator[dict[str, Any]]:
+    """Each record with "completion" added (input fields kept); record i is drawn with seed + i."""
+    from nlpkit.errors import DataError
+
+    for i, (where, record) in enumerate(records):
+        prompt = record.get(field)
+        if not isinstance(prompt, str):
+            raise DataError(f"field {field!r} must be a string", where=where)
+        yield record | {"completion": gen.complete(prompt, s.for_record(i))}

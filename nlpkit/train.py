@@ -1,0 +1,690 @@
+"""The one training loop behind every language-model command (train-lstm, train-transformer).
+
+    summary = train(["plays/"], "model/", arch="llama", preset="small", overrides={"max_time": 120})
+
+Reads top to bottom like nanoGPT's train.py: data -> model -> AdamW -> loop of (warmup +
+cosine learning rate, gradient accumulation, clipping, bf16 autocast on CUDA) -> evaluation
+every ``eval_interval`` steps -> checkpoints. What it promises:
+
+* data: files, folders or stdin, plain lines or JSONL ("text"; "input"/"output" pairs for the
+  encoder-decoder), tokenized with a tokenizer.json / model folder / named tokenizer, or one
+  token per character; records are joined with "\\n"; the last ``val_fraction`` is held out;
+* a model folder any nlpkit command (and transformers, for llama) can use: config.json,
+  tokenizer.json, model.safetensors, train.jsonl (metrics), checkpoints/;
+* SIGTERM (or a first Ctrl-C) checkpoints at the next step and raises ``Stopped`` (exit 143;
+  ``Interrupted``, 130, for Ctrl-C); ``resume=True`` continues from checkpoints/latest bitwise
+  identically on the CPU (weights, AdamW, schedule, RNG states and data position are saved);
+* under ``torchrun`` it trains with DDP (gloo on CPU, nccl on CUDA): each process takes its
+  slice of every global batch, so N processes equal one process on the combined batch; only
+  rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+
+from nlpkit.corpus import (
+    Dataset,
+    PairSet,
+    TokenStream,
+    char_tokenizer,
+    encode_pairs,
+    encode_stream,
+    read_texts,
+    special_ids,
+    split_data,
+)
+from nlpkit.errors import DataError, InputMissing, Interrupted, Stopped, Unavailable, UsageError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from nlpkit.model import ModelConfig
+
+KEEP_CHECKPOINTS = 2
+
+# Presets: model and training fields together; explicit flags override them. "small" is the
+# CPU benchmark (a few minutes on 2 cores), "medium" nanoGPT's shakespeare-char GPT, "large"
+# GPT-2 small's shape (a GPU).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "transformer": {
+        "tiny": dict(n_layer=2, n_embd=32, n_head=2, block_size=32, batch_size=8, lr=3e-3, warmup_steps=10,
+                     max_steps=200, eval_interval=50, eval_iters=4, beta2=0.99),
+        "small": dict(n_layer=4, n_embd=128, n_head=4, block_size=128, batch_size=16, lr=2e-3,
+                      warmup_steps=100, max_steps=5000, beta2=0.99),
+        "medium": dict(n_layer=6, n_embd=384, n_head=6, block_size=256, batch_size=64, dropout=0.2,
+                       lr=1e-3, warmup_steps=100, max_steps=5000, beta2=0.99),
+        "large": dict(n_layer=12, n_embd=768, n_head=12, block_size=1024, batch_size=16, grad_accum=4,
+                      lr=6e-4, warmup_steps=500, max_steps=20000, beta2=0.95),
+    },
+    "lstm": {
+        "tiny": dict(n_layer=1, n_embd=32, block_size=32, batch_size=8, lr=3e-3, warmup_steps=10,
+                     max_steps=200, eval_interval=50, eval_iters=4, beta2=0.99),
+        "small": dict(n_layer=2, n_embd=256, block_size=128, batch_size=16, lr=2e-3, warmup_steps=100,
+                      max_steps=5000, beta2=0.99),
+        "medium": dict(n_layer=3, n_embd=512, block_size=256, batch_size=32, dropout=0.2, lr=1e-3,
+                       warmup_steps=100, max_steps=10000, beta2=0.99),
+    },
+}  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    """How to train; the flags mirror the names (``--max-time`` <-> ``max_time``)."""
+
+    batch_size: int = 16  # sequences per micro-batch, per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-3
+    min_lr: float | None = None  # the end of the cosine; None: lr / 10
+    warmup_steps: int = 100
+    lr_decay_steps: int | None = None  # cosine length in steps; None: max_steps
+    weight_decay: float = 0.1  # matrices only; norms, biases and gains are not decayed
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0: off
+    max_steps: int | None = None
+    max_time: float | None = None  # seconds of training; with no step limit the cosine follows the clock
+    eval_interval: int = 250
+    eval_iters: int = 20  # validation batches per evaluation
+    log_interval: int = 10
+    checkpoint_interval: int = 500  # steps between checkpoints (also at the end and on a stop)
+    val_fraction: float = 0.1
+    seed: int = 1337
+    device: str = "auto"
+    threads: int | None = None  # torch CPU threads; None: torch's default
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{_flag(name)} must be at least 1")
+        if self.max_steps is None and self.max_time is None:
+            raise UsageError("give --max-steps or --max-time (or a --preset)")
+        if (self.max_steps is not None and self.max_steps < 1) or (
+            self.max_time is not None and self.max_time <= 0
+        ):
+            raise UsageError("--max-steps and --max-time must be positive")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UsageError("--val-fraction must be between 0 and 1")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.checkpoint_interval < 0:
+            raise UsageError("--lr must be positive, --warmup-steps and --checkpoint-interval not negative")
+
+    def lr_at(self, step: int, elapsed: float) -> float:
+        """Linear warmup, then cosine from lr to min_lr over the steps or the time budget (whichever
+        is further along: a run ends by one limit or the other)."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / (self.warmup_steps + 1)
+        ratio = 0.0
+        if steps := self.lr_decay_steps or self.max_steps:
+            ratio = (step - self.warmup_steps) / max(steps - self.warmup_steps, 1)
+        if self.max_time:
+            ratio = max(ratio, elapsed / self.max_time)
+        min_lr = self.lr / 10 if self.min_lr is None else self.min_lr
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * min(ratio, 1.0))) * (self.lr - min_lr)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def resolve_configs(
+    arch: str, preset: str | None, overrides: dict[str, Any]
+) -> tuple[dict[str, Any], TrainConfig]:
+    """Model fields (a dict: the vocabulary is not known yet) and the TrainConfig from a preset
+    plus explicit flags (``overrides``: only the flags the user gave)."""
+    from nlpkit.model import ModelConfig
+
+    family = PRESETS["lstm" if arch == "lstm" else "transformer"]
+    name = preset or "small"
+    if name not in family:
+        raise UsageError(f"unknown --preset {name!r}", hint=f"use one of {', '.join(family)}")
+    merged = {**family[name], **overrides}
+    model_names = {f.name for f in fields(ModelConfig)}
+    train_names = {f.name for f in fields(TrainConfig)}
+    unknown = set(merged) - model_names - train_names
+    if unknown:
+        raise UsageError(f"unknown setting(s) {sorted(unknown)}")
+    model = {k: v for k, v in merged.items() if k in model_names}
+    return model | {"arch": arch}, TrainConfig(**{k: v for k, v in merged.items() if k in train_names})
+
+
+# --------------------------------------------------------------------------- devices and processes
+
+
+def import_torch() -> Any:
+    """torch, or ``Unavailable`` (exit 69) with the install command."""
+    try:
+        import torch
+    except ImportError:
+        raise Unavailable(
+            "language models need PyTorch, which is not installed", hint="pip install 'nlpkit[torch]'"
+        ) from None
+    return torch
+
+
+def resolve_device(name: str) -> str:
+    torch = import_torch()
+    if name not in ("cpu", "cuda", "auto") and not name.startswith("cuda:"):
+        raise UsageError(f"unknown --device {name!r}", hint="use cpu, cuda or auto")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise Unavailable(
+            "--device cuda was asked for but CUDA is not available", hint="use --device cpu or auto"
+        )
+    return name
+
+
+@dataclass
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+
+    def all_max(self, values: list[float]) -> list[float]:
+        """The element-wise maximum over all processes (stop flags, elapsed time)."""
+        if self.world == 1:
+            return values
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.tolist()
+
+    def all_mean(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t.item()) / self.world
+
+
+@contextlib.contextmanager
+def distributed(device: str) -> Iterator[Dist]:
+    """Join the torchrun job described by the environment (WORLD_SIZE, RANK, LOCAL_RANK)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        yield Dist(device=device)
+        return
+    import torch
+    import torch.distributed as dist
+
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    try:
+        yield Dist(dist.get_rank(), dist.get_world_size(), device)
+    finally:
+        dist.destroy_process_group()
+
+
+class StopFlag:
+    """SIGTERM or a first Ctrl-C set ``signum``; the loop checkpoints and stops at the next step.
+    A second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class RunState:
+    """Where a run is: everything besides weights and optimizer that a resume needs."""
+
+    step: int = 0
+    epoch: int = 0
+    cursor: int = 0  # the next item of the epoch's order
+    tokens: int = 0  # training tokens seen, all processes
+    elapsed: float = 0.0  # seconds of training (evaluations included), over every resumed run
+    train_time: float = 0.0  # seconds in training steps alone (for tokens/s)
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    kind, keys, pos, has_gauss, cached = cast(tuple[Any, ...], np.random.get_state())
+    state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+             "torch": torch.get_rng_state()}  # fmt: skip
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(out: Path, run: Run, d: Dist) -> None:
+    """checkpoints/step-N.pt (written atomically), then the ``latest`` pointer, then
+    model.safetensors; older checkpoints beyond the last KEEP_CHECKPOINTS are removed."""
+    import torch
+
+    rngs = [_rng_state()]
+    if d.world > 1:
+        import torch.distributed as dist
+
+        rngs = [{} for _ in range(d.world)]
+        dist.all_gather_object(rngs, _rng_state())
+    if d.rank == 0:
+        from nlpkit.formats import atomic_open, write_bytes_atomic
+        from nlpkit.model import save_model
+
+        folder = out / "checkpoints"
+        folder.mkdir(exist_ok=True)
+        name = f"step-{run.state.step:08d}.pt"
+        blob = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "rng": rngs,
+                "state": asdict(run.state), "model_config": asdict(run.model_cfg),
+                "train_config": asdict(run.cfg), "data_sha256": run.data_sha256}  # fmt: skip
+        with atomic_open(folder / name) as f:
+            torch.save(blob, f)
+        write_bytes_atomic(folder / "latest", f"{name}\n".encode())
+        for old in sorted(folder.glob("step-*.pt"))[:-KEEP_CHECKPOINTS]:
+            old.unlink()
+        save_model(run.model, run.model_cfg, out, {"nlpkit.step": str(run.state.step)})
+    if d.world > 1:
+        torch.distributed.barrier()
+
+
+def load_checkpoint(out: Path) -> dict[str, Any]:
+    """The checkpoint ``latest`` names (our own files only, loaded with weights_only=True)."""
+    import torch
+
+    pointer = out / "checkpoints" / "latest"
+    if not pointer.is_file():
+        raise InputMissing(
+            "no checkpoint to resume from", where=str(out), hint="train without --resume first"
+        )
+    name = pointer.read_text().strip()
+    if not name.startswith("step-") or "/" in name or not (out / "checkpoints" / name).is_file():
+        raise DataError(f"checkpoints/latest names no checkpoint ({name[:40]!r})", where=str(pointer))
+    try:
+        return torch.load(out / "checkpoints" / name, map_location="cpu", weights_only=True)  # type: ignore[no-any-return,unused-ignore]
+    except Exception as e:  # a truncated or foreign file: torch raises many kinds
+        raise DataError(
+            f"unreadable checkpoint ({str(e)[:200]})", where=str(out / "checkpoints" / name)
+        ) from None
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Run:
+    """Everything the loop touches."""
+
+    model: Any
+    model_cfg: ModelConfig
+    cfg: TrainConfig
+    optimizer: Any
+    train_data: Dataset
+    val_data: Dataset
+    state: RunState
+    data_sha256: str
+    device: str
+    lr: float = 0.0  # the learning rate of the last step
+
+
+# Flags that may change when a run is resumed; any other setting is the checkpoint's.
+RESUMABLE = {"max_steps", "max_time", "eval_interval", "eval_iters", "log_interval", "checkpoint_interval",
+             "device", "threads"}  # fmt: skip
+
+
+def train(
+    paths: Sequence[str],
+    out: str | os.PathLike[str],
+    *,
+    arch: str = "llama",
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    tokenizer: str | None = None,
+    resume: bool = False,
+    field: str = "text",
+    fmt: str = "auto",
+    wait: bool = False,
+) -> dict[str, Any]:
+    """Train a language model into the folder ``out``; return the run's summary record.
+
+    ``overrides``: the settings given explicitly (flag names with underscores); on ``resume``
+    only the RESUMABLE ones may be given, the others come from the checkpoint.
+    """
+    torch = import_torch()
+    from nlpkit.formats import lock_for
+
+    out_dir, overrides = Path(out), dict(overrides or {})
+    ckpt = load_checkpoint(out_dir) if resume else None
+    if ckpt is not None:
+        fixed = sorted(set(overrides) - RESUMABLE)
+        if fixed:
+            raise UsageError(
+                f"--{_flag(fixed[0])} cannot change when resuming", hint="the checkpoint's value is used"
+            )
+        arch, cfg = ckpt["model_config"]["arch"], TrainConfig(**(ckpt["train_config"] | overrides))
+    else:
+        model_fields, cfg = resolve_configs(arch, preset, overrides)
+        _check_new_folder(out_dir)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    with distributed(device) as d:
+        if d.rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_for(out_dir / "train", wait=wait) if d.rank == 0 else contextlib.nullcontext()
+        with lock:
+            if ckpt is None:
+                run = _new_run(paths, out_dir, model_fields, cfg, tokenizer, field, fmt, d)
+            else:
+                run = _resumed_run(paths, out_dir, ckpt, cfg, field, fmt, d)
+            return fit(run, out_dir, d)
+
+
+def _check_new_folder(out: Path) -> None:
+    if (out / "checkpoints").exists() or (out / "model.safetensors").exists():
+        raise UsageError("the output folder already holds a model", where=str(out),
+                         hint="pass --resume to continue its training, or choose another -o")  # fmt: skip
+
+
+def _load_data(paths: Sequence[str], tok: Tokenizer, cfg: ModelConfig, field: str, fmt: str) -> Any:
+    texts = read_texts(paths, field=field, fmt=fmt, pairs=cfg.arch == "seq2seq")
+    return encode_pairs(tok, texts, cfg.block_size) if cfg.arch == "seq2seq" else encode_stream(tok, texts)
+
+
+def _digest(data: Any) -> str:
+    if isinstance(data, np.ndarray):
+        return hashlib.sha256(data.tobytes()).hexdigest()
+    return hashlib.sha256(json.dumps(data).encode()).hexdigest()
+
+
+def _new_run(paths: Sequence[str], out: Path, model_fields: dict[str, Any], cfg: TrainConfig,
+             spec: str | None, field: str, fmt: str, d: Dist) -> Run:  # fmt: skip
+    from nlpkit.formats import write_bytes_atomic
+    from nlpkit.model import ModelConfig
+
+    pairs = model_fields["arch"] == "seq2seq"
+    texts = read_texts(paths, field=field, fmt=fmt, pairs=pairs)
+    if spec:
+        from nlpkit.tokenizer import load
+
+        tok = load(spec)
+    else:
+        tok = char_tokenizer([t for pair in texts for t in pair] if pairs else texts)
+    ids = special_ids(tok, add=pairs)
+    model_cfg = ModelConfig(**model_fields, vocab_size=tok.get_vocab_size(with_added_tokens=True),
+                            bos_id=ids["bos"], eos_id=ids["eos"], pad_id=ids["pad"])  # fmt: skip
+    data = encode_pairs(tok, texts, model_cfg.block_size) if pairs else encode_stream(tok, texts)
+    if d.rank == 0:
+        write_bytes_atomic(out / "tokenizer.json", tok.to_str(pretty=True).encode() + b"\n")
+    return _make_run(model_cfg, cfg, data, d)
+
+
+def _resumed_run(
+    paths: Sequence[str], out: Path, ckpt: dict[str, Any], cfg: TrainConfig, field: str, fmt: str, d: Dist
+) -> Run:
+    from nlpkit.model import ModelConfig
+    from nlpkit.tokenizer import load
+
+    model_cfg = ModelConfig(**ckpt["model_config"])
+    data = _load_data(paths, load(str(out / "tokenizer.json")), model_cfg, field, fmt)
+    if _digest(data) != ckpt["data_sha256"]:
+        raise DataError("the training data differ from the checkpoint's", where=", ".join(paths),
+                        hint="resume with the same input files")  # fmt: skip
+    run = _make_run(model_cfg, cfg, data, d)
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.state = RunState(**ckpt["state"])
+    _set_rng_state(ckpt["rng"][d.rank] if d.rank < len(ckpt["rng"]) else ckpt["rng"][0])
+    if d.rank == 0:
+        _truncate_log(out / "train.jsonl", run.state.step)
+    return run
+
+
+def _make_run(model_cfg: ModelConfig, cfg: TrainConfig, data: Any, d: Dist) -> Run:
+    import torch
+
+    from nlpkit.model import build_model
+
+    train_data, val_data = split_data(data, model_cfg, cfg)
+    if len(train_data) < cfg.batch_size * cfg.grad_accum * d.world:
+        raise DataError(f"the training split has {len(train_data)} sequences, fewer than one batch",
+                        hint="lower --batch-size or --block-size, or give more text")  # fmt: skip
+    torch.manual_seed(cfg.seed)  # the same initial weights in every process
+    model = build_model(model_cfg).to(d.device)
+    random.seed(cfg.seed + d.rank)
+    np.random.seed(cfg.seed + d.rank)
+    torch.manual_seed(cfg.seed + d.rank)  # dropout differs between processes
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]  # fmt: skip
+    # fused AdamW: one kernel for all parameters, on the CPU as on CUDA (torch >= 2.4)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+    return Run(model, model_cfg, cfg, optimizer, train_data, val_data, RunState(), _digest(data), d.device)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop metrics logged after the checkpoint (a run killed later logged steps it will redo)."""
+    from nlpkit.formats import write_bytes_atomic
+
+    if path.is_file():
+        lines = path.read_bytes().splitlines(keepends=True)
+        write_bytes_atomic(
+            path, b"".join(x for x in lines if x.strip() and json.loads(x).get("step", 0) <= step)
+        )
+
+
+def fit(run: Run, out: Path, d: Dist) -> dict[str, Any]:
+    """The loop: step, log, evaluate, checkpoint; stop at max_steps / max_time or on a signal."""
+    import torch
+
+    from nlpkit.formats import Progress
+
+    cfg, state = run.cfg, run.state
+    model = torch.nn.parallel.DistributedDataParallel(run.model) if d.world > 1 else run.model
+    log = open(out / "train.jsonl", "a", encoding="utf-8") if d.rank == 0 else None  # noqa: SIM115
+    t0, base = time.perf_counter(), state.elapsed
+    losses: list[Any] = []  # this log interval's losses, as tensors (no device sync per step)
+    train_loss = val_loss = None
+    with StopFlag() as stop, Progress("training", total=cfg.max_steps, unit=" steps") as progress:
+        while True:
+            signum, state.elapsed = d.all_max([stop.signum, base + time.perf_counter() - t0])
+            if signum:
+                save_checkpoint(out, run, d)
+                how, error = ("SIGTERM", Stopped) if signum == signal.SIGTERM else ("Ctrl-C", Interrupted)
+                raise error(f"stopped by {how} at step {state.step}; checkpoint saved", where=str(out),
+                            hint="continue with --resume")  # fmt: skip
+            if (cfg.max_steps and state.step >= cfg.max_steps) or (
+                cfg.max_time and state.elapsed >= cfg.max_time
+            ):
+                break
+            losses.append(_step(model, run, d))
+            state.step += 1
+            progress.advance(1)
+            if state.step % cfg.log_interval == 0:
+                train_loss = _log_train(run, log, d, losses)
+                progress.advance(0, loss=f"{train_loss:.3f}")
+            if state.step % cfg.eval_interval == 0:
+                val_loss = _evaluate_logged(run, log, limit=cfg.eval_iters)
+            if cfg.checkpoint_interval and state.step % cfg.checkpoint_interval == 0:
+                save_checkpoint(out, run, d)
+    if losses:
+        train_loss = _log_train(run, log, d, losses)
+    if state.step % cfg.eval_interval or val_loss is None:
+        val_loss = _evaluate_logged(run, log, limit=cfg.eval_iters)
+    if not cfg.checkpoint_interval or state.step % cfg.checkpoint_interval:
+        save_checkpoint(out, run, d)
+    if log is not None:
+        log.close()
+    return _summary(run, train_loss, val_loss) | {
+        "model": str(out), "arch": run.model_cfg.arch, "params": _count(run.model), "processes": d.world,
+    }  # fmt: skip
+
+
+def _log_train(run: Run, log: Any, d: Dist, losses: list[Any]) -> float:
+    """Append the mean training loss since the last record (over all processes); clear ``losses``."""
+    mean = d.all_mean(float(sum(losses).item()) / len(losses))
+    _write(log, _summary(run, mean, None) | {"lr": run.lr})
+    losses.clear()
+    return mean
+
+
+def _step(model: Any, run: Run, d: Dist) -> Any:
+    """One optimizer step over grad_accum micro-batches; this process's mean loss (a tensor)."""
+    import torch
+
+    cfg, state = run.cfg, run.state
+    B, per_step = cfg.batch_size, cfg.batch_size * d.world * cfg.grad_accum
+    if state.cursor + per_step > len(run.train_data):
+        state.epoch, state.cursor = state.epoch + 1, 0
+    lr = cfg.lr_at(state.step, state.elapsed)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    run.lr = lr
+    start, total = time.perf_counter(), 0.0
+    for micro in range(cfg.grad_accum):
+        ids = state.cursor + (micro * d.world + d.rank) * B + np.arange(B)
+        batch = [t.to(run.device, non_blocking=True) for t in run.train_data.batch(state.epoch, ids)]
+        last = micro == cfg.grad_accum - 1
+        with contextlib.nullcontext() if last or d.world == 1 else model.no_sync(), _autocast(run.device):
+            _, loss = model(*batch)
+        (loss / cfg.grad_accum).backward()
+        total = total + loss.detach()
+        state.tokens += batch[0].numel() * d.world
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    state.cursor += per_step
+    state.train_time += time.perf_counter() - start
+    return total / cfg.grad_accum
+
+
+def _autocast(device: str) -> Any:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _summary(run: Run, loss: float | None, val_loss: float | None) -> dict[str, Any]:
+    s = run.state
+    speed = round(s.tokens / s.train_time, 1) if s.train_time else None
+    record = {
+        "step": s.step,
+        "loss": loss,
+        "tokens": s.tokens,
+        "elapsed_s": round(s.elapsed, 3),
+        "tokens_per_s": speed,
+    }
+    if val_loss is not None:
+        record |= {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+    return record
+
+
+def _write(log: Any, record: dict[str, Any]) -> None:
+    if log is not None:
+        log.write(json.dumps({k: v for k, v in record.items() if v is not None}) + "\n")
+        log.flush()
+
+
+def _evaluate_logged(run: Run, log: Any, limit: int) -> float:
+    loss, _ = evaluate(run.model, run.val_data, run.cfg.batch_size, run.device, limit=limit)
+    _write(log, {"step": run.state.step, "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)),
+                 "elapsed_s": round(run.state.elapsed, 3)})  # fmt: skip
+    return loss
+
+
+def _count(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate(
+    model: Any, data: Dataset, batch_size: int, device: str, limit: int | None = None
+) -> tuple[float, int]:
+    """Mean loss per target token over the validation batches, and how many targets."""
+    import torch
+    from torch.nn import functional as F
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad(), _autocast(device):
+        for cpu_batch in data.eval_batches(batch_size, limit):
+            batch = [t.to(device) for t in cpu_batch]
+            logits, _ = model(*batch)
+            targets = batch[-1].reshape(-1)
+            total += F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)).float(), targets, reduction="sum"
+            ).item()
+            count += int((targets != -100).sum())
+    model.train(was_training)
+    return total / max(count, 1), count
+
+
+def eval_model(folder: str, paths: Sequence[str], *, field: str = "text", fmt: str = "auto",
+               batch_size: int = 32, device: str = "auto") -> dict[str, Any]:  # fmt: skip
+    """``nlpkit eval``: loss and perplexity of a model folder on held-out text (or pairs)."""
+    import_torch()
+    from nlpkit.model import load_model
+    from nlpkit.tokenizer import load
+
+    device = resolve_device(device)
+    model, cfg = load_model(folder, device)
+    data = _load_data(paths, load(folder), cfg, field, fmt)
+    dataset: Dataset = (
+        PairSet(data, cfg, train=False)
+        if cfg.arch == "seq2seq"
+        else TokenStream(data, cfg.block_size, train=False)
+    )
+    if len(dataset) == 0:
+        raise DataError("too little text to evaluate (fewer than 2 tokens)", where=", ".join(paths))
+    loss, count = evaluate(model, dataset, batch_size, device)
+    return {"model": folder, "loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
