@@ -565,7 +565,17 @@ def save_tensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, 
         raise TypeError(f"safetensors metadata must be str->str: {bad}")
     data = save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=meta)
     with open_output_binary(path) as f:
-        f.write(data)
+        f.write(_sorted_header(data))
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """safetensors writes metadata in Rust hash order, which changes from run to run: rewrite the
+    header with sorted keys (padded with spaces to 8 bytes, as safetensors does) so that the same
+    tensors and metadata always give the same bytes."""
+    n = int.from_bytes(data[:8], "little")
+    header = orjson.dumps(orjson.loads(data[8 : 8 + n]), option=orjson.OPT_SORT_KEYS)
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data[8 + n :]
 
 
 def read_safetensors_header(path: str, data: bytes | mmap.mmap) -> tuple[dict[str, Any], dict[str, str], int]:

@@ -1,0 +1,80 @@
+"""`nlpkit train-word2vec`: CBOW and skip-gram word vectors from text."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from nlpkit.cli import app
+from nlpkit.cli.options import Device, InputFormat, Inputs, Output, Quiet, Seed, Wait, inputs_or_stdin
+
+
+@app.command("train-word2vec")
+def train_word2vec_cmd(
+    output: Output,
+    inputs: Inputs = None,
+    arch: Annotated[str, typer.Option("--arch", help="skipgram or cbow.")] = "skipgram",
+    vector_size: Annotated[int, typer.Option("--vector-size", help="Dimensions of each vector.")] = 100,
+    window: Annotated[
+        int, typer.Option("--window", help="Largest distance between a word and its context.")
+    ] = 5,
+    negative: Annotated[
+        int, typer.Option("--negative", help="Noise words per word (negative sampling).")
+    ] = 5,
+    min_count: Annotated[int, typer.Option("--min-count", help="Leave out words seen fewer times.")] = 5,
+    max_vocab: Annotated[
+        int, typer.Option("--max-vocab", help="Keep the N most frequent words (0: all).")
+    ] = 0,
+    sample: Annotated[
+        float, typer.Option("--sample", help="Subsampling threshold for frequent words (0: off).")
+    ] = 1e-3,
+    alpha: Annotated[float, typer.Option("--alpha", help="Initial learning rate.")] = 0.025,
+    min_alpha: Annotated[
+        float, typer.Option("--min-alpha", help="Final learning rate (linear decay).")
+    ] = 0.0001,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the corpus.")] = 5,
+    threads: Annotated[int, typer.Option("--threads", help="CPU threads.", envvar="NLPKIT_THREADS")] = 2,
+    batch_words: Annotated[
+        int, typer.Option("--batch-words", help="Centre words per minibatch (all threads together).")
+    ] = 2048,
+    field: Annotated[str, typer.Option("--field", help="JSONL field holding the text.")] = "text",
+    input_format: InputFormat = "auto",
+    seed: Seed = 1,
+    device: Device = "cpu",
+    wait: Wait = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train word2vec vectors (negative sampling) on text; write nlpkit vectors (.safetensors).
+
+    Input: files, folders (their *.txt files, recursively) or stdin; plain lines or JSONL
+    records with "text". Words are lower-cased runs of letters and digits (inner apostrophes
+    kept); each line or record is a sentence. Progress (words/s, loss) goes to stderr. The
+    same --seed and --threads give the same bytes on the CPU.
+
+    Example: nlpkit train-word2vec -i plays/ -o plays.safetensors &&
+    nlpkit analogy --vectors plays.safetensors king - man + woman
+    """
+    import contextlib
+
+    from nlpkit import word2vec as w2v
+    from nlpkit.errors import Interrupted
+    from nlpkit.formats import lock_for, say, set_quiet
+
+    set_quiet(quiet)
+    cfg = w2v.Word2VecConfig(
+        arch=arch, vector_size=vector_size, window=window, negative=negative, min_count=min_count,
+        max_vocab=max_vocab, sample=sample, alpha=alpha, min_alpha=min_alpha, epochs=epochs,
+        threads=threads, batch_words=batch_words, seed=seed,
+    )  # fmt: skip
+    stats = w2v.TrainStats()
+    with lock_for(output, wait) if output != "-" else contextlib.nullcontext():
+        try:
+            wv, meta = w2v.train_vectors(inputs_or_stdin(inputs), cfg, device, field, input_format, stats)
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted; nothing was written") from None
+        wv.save(output, meta)
+    say(
+        f"trained {cfg.arch} in {stats.seconds:.1f} s ({stats.words_per_second:,.0f} words/s), "
+        f"loss {stats.loss:.4f}; wrote {len(wv)} vectors to {output}"
+    )
