@@ -54,7 +54,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nlpkit.errors import DataError, Unavailable, UsageError
+from nlpkit.errors import DataError, UsageError
+from nlpkit.train import import_torch, resolve_device
 
 if TYPE_CHECKING:
     from nlpkit.vectors import WordVectors
@@ -197,31 +198,6 @@ def expand_inputs(paths: Sequence[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- torch and devices
-
-
-def import_torch() -> Any:
-    """torch, or ``Unavailable`` (exit 69) saying how to install it."""
-    try:
-        import torch
-    except ImportError:
-        raise Unavailable(
-            "training needs PyTorch, which is not installed", hint="pip install 'nlpkit[torch]'"
-        ) from None
-    return torch
-
-
-def resolve_device(name: str) -> str:
-    """``cpu``, ``cuda`` (``Unavailable`` when there is none) or ``auto`` (cuda if present)."""
-    torch = import_torch()
-    if name not in ("cpu", "cuda", "auto") and not name.startswith("cuda:"):
-        raise UsageError(f"unknown --device {name!r}", hint="use cpu, cuda or auto")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise Unavailable(
-            "--device cuda was asked for but CUDA is not available", hint="use --device cpu or auto"
-        )
-    return name
 
 
 # --------------------------------------------------------------------------- training
