@@ -79,15 +79,24 @@ class Progress:
     redirect stdout, so data written to stdout never mixes with the bar.
     """
 
-    def __init__(self, description: str, total: float | None = None, unit: str = "", every: float = 10.0):
+    def __init__(
+        self,
+        description: str,
+        total: float | None = None,
+        unit: str = "",
+        every: float = 10.0,
+        output: str | None = None,
+    ):
         self.description, self.total, self.unit, self.every = description, total, unit, every
+        self.output = output  # where the command's data goes: "-" on a terminal hides the bar
         self.done = 0.0
         self._rich: Any = None
         self._task: Any = None
         self._start = self._last = time.monotonic()
 
     def __enter__(self) -> Progress:
-        if not _quiet and _stderr_is_terminal():
+        # No bar while data streams to the same terminal: the lines would tear it apart.
+        if not _quiet and _stderr_is_terminal() and not (self.output == STDIO and sys.stdout.isatty()):
             from rich.console import Console
             from rich.progress import Progress as RichProgress
 
@@ -124,9 +133,11 @@ class Progress:
             self._rich.stop()
 
 
-def with_progress(items: Iterable[Any], description: str, total: float | None = None) -> Iterator[Any]:
+def with_progress(
+    items: Iterable[Any], description: str, total: float | None = None, output: str | None = None
+) -> Iterator[Any]:
     """Pass ``items`` through, counting them on a progress display (stderr, terminal only)."""
-    with Progress(description, total=total) as progress:
+    with Progress(description, total=total, output=output) as progress:
         for item in items:
             yield item
             progress.advance(1)

@@ -182,7 +182,7 @@ def encode_cmd(
         ids_only=wants_text(fmt),
         max_length=max_length,
     )
-    with RecordWriter(output) as out, Progress("encoding", unit=" records") as progress:
+    with RecordWriter(output) as out, Progress("encoding", unit=" records", output=output) as progress:
         for data, n in stream:
             out.write_lines(data, n)
             progress.advance(n)

@@ -68,7 +68,7 @@ def embed_cmd(
 
     set_quiet(quiet)
     wv = load_vectors(vectors)
-    records = with_progress(_records(words, inputs, input_format, field), "embedding")
+    records = with_progress(_records(words, inputs, input_format, field), "embedding", output=output)
     stream = embed_records(wv, records, field, oov, fold_case)
     if output.endswith(".safetensors"):
         import numpy as np
@@ -212,7 +212,7 @@ def _answer(
         records = read_records(
             inputs_or_stdin(inputs), fmt=input_format, required=bool(options.get("neighbours"))
         )
-    results = answer_records(wv, with_progress(records, "querying"), **options)
+    results = answer_records(wv, with_progress(records, "querying", output=output), **options)
     if wants_text(fmt) and output == "-":
         single = terms and not options.get("neighbours")
         for rec in results:
