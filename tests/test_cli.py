@@ -168,11 +168,14 @@ def test_exit_75_when_locked_then_free_after_kill(tmp_path) -> None:
 
 
 def test_exit_130_on_ctrl_c(table_path) -> None:
+    # A job started in the background by a non-interactive shell inherits SIGINT ignored, and
+    # Python then keeps ignoring it: give the child the default disposition, as a terminal would.
     proc = subprocess.Popen(
         [sys.executable, "-m", "nlpkit", "embed", "--vectors", table_path],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     proc.stdin.write(b"king\n")
     proc.stdin.flush()
