@@ -21,7 +21,7 @@ wordsim353 Spearman (``evaluate_word_pairs``). Shakespeare covers few questions 
 19,544) and few wordsim pairs (about 110 of 353), so quality is noisy from seed to seed: compare
 medians.
 
-    .venv/bin/python bench/bench_word2vec.py                 # --reps 5: about 5 minutes
+    .venv/bin/python bench/bench_word2vec.py                 # --reps 7: about 7 minutes
     .venv/bin/python bench/bench_word2vec.py --reps 1 --idle-wait 0   # a smoke run
 
 The last line is ``bench_word2vec: skipgram_ratio=... cbow_ratio=... ...`` (ratio: nlpkit's
@@ -155,7 +155,7 @@ def main() -> None:
     ap.add_argument(
         "--data", type=Path, default=DATA, help="folder holding shakespeare/ and word-benchmarks/"
     )
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--archs", default="skipgram,cbow")
     ap.add_argument(
         "--idle-wait", type=float, default=60.0, help="wait up to S seconds for idle cores per run"

@@ -19,21 +19,23 @@ words of the subsampled corpus, so every (centre, context) pair lies in a band o
 around the diagonal. The scores of 16 centres against their 16+2W neighbours are one small
 matrix product (a batched ``bmm`` over blocks); the gradients go back as weighted bag sums
 (``embedding_bag`` with per-sample weights) over the band and its transpose; the updates are
-a few ``index_add_`` calls. Noise words come in pools: each group of 16 consecutive centres
-draws 16 of them (more when ``negative`` > 5) and every centre of the group scores the whole
-pool, each score weighted by ``negative`` / 16 per pair, so the expected gradient is word2vec's
-and the noise scores are small matrix products too (pooled negatives, as in Ji et al. 2016,
-"Parallelizing Word2Vec in Shared and Distributed Memory"). Several CPU threads are worker
-processes that take turns deterministically (``_Trainer``).
+a few ``index_add_`` calls. Noise words come in pools: each group of 8 consecutive centres
+draws P of them (16 for skip-gram, 12 for CBOW, times ``negative`` / 5 rounded up) and every
+centre of the group scores the whole pool, each score weighted by ``negative`` / P per pair,
+so the expected gradient is word2vec's and the noise scores are small matrix products too
+(pooled negatives, as in Ji et al. 2016, "Parallelizing Word2Vec in Shared and Distributed
+Memory"). Several CPU threads are worker processes that split the vectors' columns and
+exchange only partial scores (``_Trainer``).
 
 Where this differs from gensim's word2vec (each difference is the price of the batching):
 a minibatch's gradients (2048 centres by default) are computed from the same parameters and
 summed (gensim applies each pair's update at once, its worker threads racing, Hogwild);
-larger minibatches train worse, so keep ``--batch-words`` near its default. Skip-gram takes
-the centre word as input and scores its context words (word2vec.c scores the centre from each
-context word: the same pairs, roles swapped). The noise words are pooled as said above, and
-the sigmoid is exact, not a table clipped at +-6. On Shakespeare the vectors score as
-gensim's do (bench/bench_word2vec.py).
+much larger minibatches train worse (skip-gram diverges at 4096 on Shakespeare: a clear
+error, exit 65), so keep ``--batch-words`` near its default. Skip-gram takes the centre word
+as input and scores its context words (word2vec.c scores the centre from each context word:
+the same pairs, roles swapped). The noise words are pooled as said above, and the sigmoid is
+exact, not a table clipped at +-6. On Shakespeare the vectors score as gensim's do
+(bench/bench_word2vec.py).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nlpkit.errors import DataError, UsageError
+from nlpkit.errors import DataError, NlpkitError, UsageError
 from nlpkit.train import import_torch, resolve_device
 
 if TYPE_CHECKING:
@@ -63,7 +65,7 @@ if TYPE_CHECKING:
 TOKEN_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 ARCHS = ("cbow", "skipgram")
 BLOCK = 16  # centres per banded matrix product (T): 16 wastes least on the band's corners
-GROUP = 16  # consecutive centres that share a pool of noise words (G)
+GROUP = 8  # consecutive centres that share a pool of noise words (G)
 CHUNK = 1 << 20  # raw tokens subsampled at a time (bounds the random draws held at once)
 SPAN = 32  # batches prepared together (masks, noise draws)
 LOSS_EVERY = 8  # the loss shown is measured on every 8th batch (it costs a few per cent)
@@ -197,9 +199,6 @@ def expand_inputs(paths: Sequence[str]) -> list[str]:
     return out
 
 
-# --------------------------------------------------------------------------- torch and devices
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -317,7 +316,9 @@ class _Trainer:
         self.syn1s = [torch.zeros(V, b - a, device=device) for a, b in itertools.pairwise(edges)]
         self.syn0, self.syn1 = self.syn0s[0], self.syn1s[0]  # this worker's columns
         self.noise_table = torch.from_numpy(noise_table(corpus.counts)).to(device)
-        self.pool = GROUP * -(-cfg.negative // 5)  # noise words per group of centres
+        # noise words per group of 8 centres: sizes chosen on Shakespeare (bench/README.md) as the
+        # fastest whose quality matches gensim's (a pool row shared by fewer centres trains better)
+        self.pool = (16 if cfg.arch == "skipgram" else 12) * -(-cfg.negative // 5)
         self.keep = torch.from_numpy(keep_probability(corpus.counts, cfg.sample)).to(device)
         self.ids = torch.from_numpy(corpus.ids).to(device)
         self.sentence = torch.from_numpy(corpus.sentence).to(device)
@@ -378,11 +379,13 @@ class _Trainer:
         """Fork workers 1..T-1 over the shared matrices; this process is worker 0."""
         import multiprocessing
 
-        ctx = multiprocessing.get_context("fork")
+        ctx, parent = multiprocessing.get_context("fork"), os.getpid()
         for t in (*self.syn0s, *self.syn1s):
             t.share_memory_()
         self.team = team = _Team(self, ctx)
-        children = [ctx.Process(target=self._child, args=(w,), daemon=True) for w in range(1, self.workers)]
+        children = [
+            ctx.Process(target=self._child, args=(w, parent), daemon=True) for w in range(1, self.workers)
+        ]
         for p in children:
             p.start()
         team.alive = lambda: all(p.exitcode is None for p in children)
@@ -392,7 +395,7 @@ class _Trainer:
             team.abort()
             if isinstance(e, _Aborted):
                 why = team.errors.get() if not team.errors.empty() else "it stopped answering"
-                raise RuntimeError(f"a word2vec worker process failed: {why}") from None
+                raise NlpkitError(f"a word2vec worker process failed: {why}") from None
             raise
         finally:
             for p in children:
@@ -400,8 +403,9 @@ class _Trainer:
                 if p.is_alive():
                     p.kill()
 
-    def _child(self, w: int) -> None:
+    def _child(self, w: int, parent: int) -> None:
         assert self.team is not None
+        self.team.alive = lambda: os.getppid() == parent
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
         with contextlib.suppress(Exception):  # die with the parent (Linux)
             ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -458,32 +462,38 @@ class _Trainer:
     # ----------------------------------------------------------------- one batch
 
     def _span(self, ids: Any, sentence: Any, reach: Any, first: int, last: int) -> dict[str, Any]:
-        """What batches first..last-1 need, computed in one go (fewer, larger operations):
-        ``ids`` the halo's word ids (int64: index_add_'s fast path), ``m`` the (centres, 2W+1)
-        pair mask (halo rows c .. c+2W are centre c's window), ``n`` pairs per centre, ``noise``
-        a pool per group of centres; padding past the corpus's end meets nobody."""
-        W, s, nc = self.cfg.window, first * self.B, (last - first) * self.B
+        """What batches first..last-1 need that the parameters do not change, computed in one go
+        (fewer, larger operations): ``ids`` the halo's word ids (int64: index_add_'s fast path),
+        ``m`` the (centres, 2W+1) pair mask (halo rows c .. c+2W are centre c's window), ``n``
+        pairs per centre, ``noise`` a pool per group of centres and the ``weight`` of its scores;
+        for CBOW also ``mean`` (the context's weights) and ``mt`` (the mask's transpose per batch).
+        Padding past the corpus's end meets nobody."""
+        G, P, W, s, nc = GROUP, self.pool, self.cfg.window, first * self.B, (last - first) * self.B
         sent_h = sentence[s : s + nc + 2 * W]
         band = sent_h.as_strided((nc, 2 * W + 1), (1, 1))
-        m = ((band == sent_h[W : W + nc, None]) & (self.dist[None, :] <= reach[s : s + nc, None])).to(
-            self.syn0.dtype
-        )
-        span = {
-            "ids": ids[s : s + nc + 2 * W].long(),
-            "m": m,
-            "n": m.sum(1),
-            "noise": self._noise(nc // GROUP),
-        }
-        if self.cfg.arch == "cbow":
-            span["mean"] = m / span["n"].clamp(min=1)[:, None]
+        m = (band == sent_h[W : W + nc, None]) & (self.dist[None, :] <= reach[s : s + nc, None])
+        m = m.to(self.syn0.dtype)
+        span = {"ids": ids[s : s + nc + 2 * W].long(), "m": m, "n": m.sum(1), "noise": self._noise(nc // G)}
+        if self.cfg.arch == "skipgram":
+            # each pair (centre, context) meets `negative` noise words: a centre with n pairs
+            # weighs each of the P pool words by n * negative / P
+            span["weight"] = (span["n"] * (self.cfg.negative / P)).view(-1, G, 1)
+            return span
+        # `negative` noise words per centre, spread over the pool; one that is the centre is
+        # skipped; centres without context are skipped, as in gensim
+        hit = span["noise"].view(-1, 1, P) != span["ids"][W : W + nc].view(-1, G, 1)
+        span["has"] = (span["n"] > 0).to(m.dtype)
+        span["weight"] = (span["has"] * (self.cfg.negative / P)).view(-1, G, 1) * hit
+        span["mean"] = m / span["n"].clamp(min=1)[:, None]
+        span["mt"] = self._transpose_band(m, last - first)
         return span
 
     def _compute(self, span: dict[str, Any], b: int, lr: float, with_loss: bool) -> _Updates:
         """The updates of the span's batch b (its centres bB .. bB+B-1)."""
         B, W, G, s = self.B, self.cfg.window, GROUP, b * self.B
-        batch = {key: value[s : s + B] for key, value in span.items()}
-        batch["ids"] = span["ids"][s : s + B + 2 * W]  # (B+2W,): centre c is halo row c+W
-        batch["noise"] = span["noise"][s // G : (s + B) // G]
+        cut = {"ids": slice(s, s + B + 2 * W), "noise": slice(s // G, (s + B) // G), "mt": b}
+        cut["weight"] = cut["noise"]
+        batch = {key: value[cut.get(key, slice(s, s + B))] for key, value in span.items()}
         step = self._skipgram if self.cfg.arch == "skipgram" else self._cbow
         return step(batch, lr, with_loss)
 
@@ -495,14 +505,14 @@ class _Trainer:
         )
         return table.index_select(0, slots).view(groups, self.pool)
 
-    def _transpose_band(self, g: Any) -> Any:
-        """(B, 2W+1) weights of centre c at halo row c+k -> (B+2W, 2W+1) weights of halo row j."""
-        B, W = self.B, self.cfg.window
-        K = 2 * W + 1
-        padded = self.torch.zeros(B + 4 * W, K, device=self.device, dtype=g.dtype)
-        padded[2 * W : 2 * W + B] = g
+    def _transpose_band(self, g: Any, batches: int = 1) -> Any:
+        """(batches*B, 2W+1) weights of centre c at halo row c+k -> (batches, B+2W, 2W+1) weights
+        of halo row j, batch by batch (a batch's halo hears from its own centres only)."""
+        B, W, K = self.B, self.cfg.window, 2 * self.cfg.window + 1
+        padded = self.torch.zeros(batches, B + 4 * W, K, device=self.device, dtype=g.dtype)
+        padded[:, 2 * W : 2 * W + B] = g.view(batches, B, K)
         # row j, column k' holds padded[j + k', 2W - k'] = g[j - 2W + k', 2W - k']
-        return padded.as_strided((B + 2 * W, K), (K, K - 1), 2 * W)
+        return padded.as_strided((batches, B + 2 * W, K), ((B + 4 * W) * K, K, K - 1), 2 * W)
 
     def _band_scores(self, X: Any, Yh: Any) -> Any:
         """Scores of each centre row X[c] (B, d) against halo rows Yh[c + k], k = 0..2W: (B, 2W+1)."""
@@ -529,12 +539,10 @@ class _Trainer:
             self._band_scores(X, Yh), torch.bmm(Xg, N.transpose(1, 2))
         )  # (B, 2W+1), (B/G, G, P)
         g = torch.sigmoid(-S).mul_(m).mul_(lr)  # 1 - sigmoid(S): the positive pairs' error
-        # each pair (centre, context) meets `negative` noise words: a centre with n pairs weighs
-        # each of the P pool words by n * negative / P
-        weight = (batch["n"] * (self.cfg.negative / P)).view(B // G, G, 1)
+        weight = batch["weight"]
         gn = torch.sigmoid(Sn).mul_(weight * -lr)
         dX = F.embedding_bag(self.band, Yh, per_sample_weights=g, mode="sum") + torch.bmm(gn, N).view(B, d)
-        dY = F.embedding_bag(self.rev, X, per_sample_weights=self._transpose_band(g), mode="sum")
+        dY = F.embedding_bag(self.rev, X, per_sample_weights=self._transpose_band(g)[0], mode="sum")
         dN = torch.bmm(gn.transpose(1, 2), Xg).view(-1, d)
         if not with_loss:
             return _Updates([(ids_c, dX)], [(ids_h, dY), (noise.view(-1), dN)])
@@ -545,9 +553,9 @@ class _Trainer:
         """The mean of the context rows of syn0 scores the centre's syn1 row and the noise pool."""
         torch, F = self.torch, self.torch.nn.functional
         B, W, G, P = self.B, self.cfg.window, GROUP, self.pool
-        ids_h, m, noise = batch["ids"], batch["m"], batch["noise"]
+        ids_h, noise, has = batch["ids"], batch["noise"], batch["has"]
         ids_c = ids_h[W : W + B]
-        has = (batch["n"] > 0).to(m.dtype)  # centres without context are skipped, as in gensim
+        weight = batch["weight"]
         band = ids_h.as_strided((B, 2 * W + 1), (1, 1))
         h = F.embedding_bag(band, self.syn0, per_sample_weights=batch["mean"], mode="sum")  # (B, d)
         d = h.shape[1]
@@ -556,13 +564,10 @@ class _Trainer:
         hg = h.view(B // G, G, d)
         sp, Sn = self._scores((h * y).sum(1), torch.bmm(hg, N.transpose(1, 2)))  # (B,), (B/G, G, P)
         gp = torch.sigmoid(-sp).mul_(has * lr)
-        # `negative` noise words per centre, spread over the pool; one that is the centre is skipped
-        hit = noise.view(B // G, 1, P) != ids_c.view(B // G, G, 1)
-        weight = (has * (self.cfg.negative / P)).view(B // G, G, 1) * hit
         gn = torch.sigmoid(Sn).mul_(weight * -lr)
         neu1e = torch.bmm(gn, N).view(B, d).addcmul_(gp[:, None], y)  # (B, d) error back to the context
         # gensim (cbow_mean=1) adds the whole error to every context word, not error / count
-        dXh = F.embedding_bag(self.rev, neu1e, per_sample_weights=self._transpose_band(m), mode="sum")
+        dXh = F.embedding_bag(self.rev, neu1e, per_sample_weights=batch["mt"], mode="sum")
         dN = torch.bmm(gn.transpose(1, 2), hg).view(-1, d)
         updates = _Updates([(ids_h, dXh)], [(ids_c, gp[:, None] * h), (noise.view(-1), dN)])
         if with_loss:
@@ -602,8 +607,8 @@ class _Team:
         self.wait(w)
         sums = []
         for i in range(len(parts)):
-            total = self.boxes[0][turn][i].clone()
-            for boxes in self.boxes[1:]:
+            total = self.boxes[0][turn][i] + self.boxes[1][turn][i]
+            for boxes in self.boxes[2:]:
                 total += boxes[turn][i]
             sums.append(total)
         return tuple(sums)

@@ -162,8 +162,11 @@ def test_batch_updates_equal_autograd_gradients(arch: str) -> None:
 @pytest.mark.parametrize("arch", ["skipgram", "cbow"])
 def test_tiny_run_lowers_the_loss_and_pulls_planted_words_together(arch: str) -> None:
     corpus = w2v.build_corpus(planted_corpus(), min_count=1)
-    stats = w2v.TrainStats()
-    v = w2v.train(corpus, w2v.Word2VecConfig(arch=arch, **TINY), stats=stats)
+    stats, calls = w2v.TrainStats(), []
+    v = w2v.train(
+        corpus, w2v.Word2VecConfig(arch=arch, **TINY), stats=stats, progress=lambda *a: calls.append(a)
+    )
+    assert sum(words for words, _ in calls) == 12 * corpus.raw_words and calls[-1][1] == stats.loss
     assert v.shape == (24, 16) and v.dtype == np.float32
     assert stats.history[-1] < 0.8 * stats.history[0]
     assert stats.words == 12 * corpus.raw_words and stats.words_per_second > 0

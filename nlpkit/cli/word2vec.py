@@ -34,9 +34,11 @@ def train_word2vec_cmd(
         float, typer.Option("--min-alpha", help="Final learning rate (linear decay).")
     ] = 0.0001,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the corpus.")] = 5,
-    threads: Annotated[int, typer.Option("--threads", help="CPU threads.", envvar="NLPKIT_THREADS")] = 2,
+    threads: Annotated[
+        int, typer.Option("--threads", help="CPU worker processes (one core each).", envvar="NLPKIT_THREADS")
+    ] = 2,
     batch_words: Annotated[
-        int, typer.Option("--batch-words", help="Centre words per minibatch (all threads together).")
+        int, typer.Option("--batch-words", help="Centre words per minibatch; much larger trains worse.")
     ] = 2048,
     field: Annotated[str, typer.Option("--field", help="JSONL field holding the text.")] = "text",
     input_format: InputFormat = "auto",
@@ -48,9 +50,11 @@ def train_word2vec_cmd(
     """Train word2vec vectors (negative sampling) on text; write nlpkit vectors (.safetensors).
 
     Input: files, folders (their *.txt files, recursively) or stdin; plain lines or JSONL
-    records with "text". Words are lower-cased runs of letters and digits (inner apostrophes
-    kept); each line or record is a sentence. Progress (words/s, loss) goes to stderr. The
-    same --seed and --threads give the same bytes on the CPU.
+    records with "text" (a .txt file is always plain text; elsewhere a line that starts with
+    "{" is JSON unless --input-format text). Words are lower-cased runs of letters and digits
+    (inner apostrophes kept); each line or record is a sentence. Progress (words/s, loss) goes
+    to stderr. The same --seed and --threads give the same bytes on the CPU. Needs PyTorch
+    (pip install 'nlpkit[torch]').
 
     Example: nlpkit train-word2vec -i plays/ -o plays.safetensors &&
     nlpkit analogy --vectors plays.safetensors king - man + woman
