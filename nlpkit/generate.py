@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
     from nlpkit.model import ModelConfig
 
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
 
 @dataclass
 class Sampling:
@@ -72,25 +74,54 @@ def sample_token(logits: torch.Tensor, s: Sampling, generator: torch.Generator |
 
 
 class Generator:
-    """A loaded model folder (network + tokenizer) that completes prompts."""
+    """A loaded model folder (network + tokenizer) that completes prompts.
 
-    def __init__(self, model: Any, cfg: ModelConfig, tok: Tokenizer, device: str = "cpu"):
+    Llama models run the prompt (prefill) in float32 and, by default, generate with a
+    float16 copy of the weights whose q/k/v and gate/up matrices are fused
+    (``dtype="float16"``): decoding one token reads every weight once, so half the bytes is
+    about twice the speed on a CPU, and the exact float32 prompt pass keeps the first
+    token's logits exact. ``dtype="float32"`` decodes in float32 too.
+    """
+
+    def __init__(
+        self, model: Any, cfg: ModelConfig, tok: Tokenizer, device: str = "cpu", dtype: str = "auto"
+    ):
         self.model, self.cfg, self.tok, self.device = model, cfg, tok, device
+        self.decoder = model
+        if dtype not in DTYPES:
+            raise UsageError(f"unknown --dtype {dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
+        self.dtype = "float32" if cfg.arch != "llama" or (dtype == "auto" and cfg.n_embd < 256) else dtype
+        if self.dtype == "auto":
+            self.dtype = "float16"
+        if self.dtype != "float32":
+            import copy
+
+            import torch
+
+            from nlpkit.model import fuse_projections
+
+            self.decoder = fuse_projections(copy.deepcopy(model).to(getattr(torch, self.dtype)))
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "auto") -> Generator:
+    def load(cls, spec: str | Path, device: str = "auto", dtype: str = "auto") -> Generator:
+        """A model folder, a ``.gguf`` file or a named model (converted once, see convert.py)."""
+        from nlpkit.convert import resolve_model
         from nlpkit.model import load_model
         from nlpkit.tokenizer import load
         from nlpkit.train import import_torch, resolve_device
 
         import_torch()
+        folder = resolve_model(str(spec))
         device = resolve_device(device)
         model, cfg = load_model(folder, device)
-        return cls(model, cfg, load(str(folder)), device)
+        return cls(model, cfg, load(str(folder)), device, dtype)
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """The prompt's ids; an empty prompt starts from the record separator ("\\n") or bos."""
         ids = self.tok.encode(prompt, add_special_tokens=False).ids
+        return self.fit_ids(ids)
+
+    def fit_ids(self, ids: list[int]) -> list[int]:
         if self.cfg.arch == "seq2seq":
             return [*ids[: self.cfg.block_size - 1], int(self.cfg.eos_id or 0)]
         if not ids:
@@ -98,20 +129,50 @@ class Generator:
             ids = newline[-1:] if newline else [self.cfg.bos_id or 0]
         return ids
 
+    def banned(self) -> list[int]:
+        """Padding and the start token are never a continuation."""
+        return [i for i in (self.cfg.pad_id, self.cfg.bos_id) if i is not None and i != self.cfg.eos_id]
+
+    def prefill(self, rows: list[list[int]], max_new_tokens: int) -> tuple[torch.Tensor, Any]:
+        """Run left-padded prompts through the model: (B, vocab) float32 logits and the cache."""
+        import torch
+
+        B, T = len(rows), max(len(r) for r in rows)
+        max_len = min(T + max_new_tokens, self.cfg.block_size) if self.cfg.arch == "llama" else 0
+        cache = self.model.new_cache(B, max_len)
+        pad = int(self.cfg.pad_id or 0)
+        idx = torch.tensor([[pad] * (T - len(r)) + r for r in rows], device=self.device)
+        if B > 1 and any(len(r) < T for r in rows):
+            if self.cfg.arch != "llama":
+                raise UsageError("batched prompts of different lengths need a llama model")
+            mask = torch.tensor([[False] * (T - len(r)) + [True] * len(r) for r in rows], device=self.device)
+            logits = self.model(idx, cache=cache, pad_mask=mask)[0][:, -1]
+        else:
+            logits = self.model.step(idx, cache)
+        if self.decoder is not self.model:
+            cache = cache.to(next(self.decoder.parameters()).dtype)
+        return logits.float(), cache
+
+    def step(self, tokens: list[int], cache: Any) -> torch.Tensor:
+        """One new token per row: (B, vocab) float32 logits."""
+        import torch
+
+        return self.decoder.step(torch.tensor([[t] for t in tokens], device=self.device), cache).float()
+
     def tokens(self, prompt: str, s: Sampling) -> Iterator[int]:
         """Sampled token ids until max_new_tokens, the end-of-sequence token (or the caller stops)."""
+        return self.tokens_from_ids(self.prompt_ids(prompt), s)
+
+    def tokens_from_ids(self, ids: list[int], s: Sampling) -> Iterator[int]:
         import torch
 
         generator = torch.Generator(device=self.device)
         generator.manual_seed(s.seed if s.seed is not None else int(torch.seed()))
-        ids = self.prompt_ids(prompt)
         window = self.cfg.block_size
-        # padding and the start token are never a continuation
-        banned = [i for i in (self.cfg.pad_id, self.cfg.bos_id) if i is not None and i != self.cfg.eos_id]
+        banned = self.banned()
         context = ids[-window:] if self.cfg.arch == "llama" else ids
         with torch.inference_mode():
-            cache = self.model.new_cache(1)
-            logits = self.model.step(torch.tensor([context], device=self.device), cache)
+            logits, cache = self.prefill([context], s.max_new_tokens)
             for n in range(s.max_new_tokens):
                 logits[0, banned] = float("-inf")
                 token = sample_token(logits[0], s, generator)
@@ -119,12 +180,48 @@ class Generator:
                     return
                 yield token
                 context.append(token)
-                if self.cfg.arch == "llama" and cache.pos >= window:  # full: restart on the last half
+                if self.cfg.arch == "llama" and cache.pos >= cache.max_len:  # full: restart on the last half
                     context = context[-(window // 2) :]
-                    cache = self.model.new_cache(1)
-                    logits = self.model.step(torch.tensor([context], device=self.device), cache)
+                    logits, cache = self.prefill([context], s.max_new_tokens - n - 1)
                 else:
-                    logits = self.model.step(torch.tensor([[token]], device=self.device), cache)
+                    logits = self.step([token], cache)
+
+    def batch(self, rows: list[list[int]], samplings: list[Sampling]) -> list[list[int]]:
+        """Generate for several prompts at once (left-padded, one forward pass per step); each
+        row stops at its own end token or max_new_tokens. Rows must fit in the model's window."""
+        import torch
+
+        if len(rows) == 1 or self.cfg.arch != "llama":
+            return [list(self.tokens_from_ids(r, s)) for r, s in zip(rows, samplings, strict=True)]
+        steps = max(s.max_new_tokens for s in samplings)
+        limit = self.cfg.block_size - steps
+        rows = [r[-limit:] if limit > 0 else r[-1:] for r in rows]
+        gens = []
+        for s in samplings:
+            g = torch.Generator(device=self.device)
+            g.manual_seed(s.seed if s.seed is not None else int(torch.seed()))
+            gens.append(g)
+        out: list[list[int]] = [[] for _ in rows]
+        done = [s.max_new_tokens == 0 for s in samplings]
+        banned = self.banned()
+        with torch.inference_mode():
+            logits, cache = self.prefill(rows, steps)
+            for _ in range(steps):
+                logits[:, banned] = float("-inf")
+                picked = []
+                for i, s in enumerate(samplings):
+                    token = int(self.cfg.eos_id or 0) if done[i] else sample_token(logits[i], s, gens[i])
+                    if not done[i]:
+                        if token == self.cfg.eos_id:
+                            done[i] = True
+                        else:
+                            out[i].append(token)
+                            done[i] = len(out[i]) >= s.max_new_tokens
+                    picked.append(token)
+                if all(done) or cache.pos >= cache.max_len:
+                    break
+                logits = self.step(picked, cache)
+        return out
 
     def stream(self, prompt: str, s: Sampling) -> Iterator[str]:
         """The completion as text pieces, ending before the first stop string."""
@@ -171,13 +268,39 @@ def _held_back(text: str, stops: list[str]) -> int:
 
 
 def generate_records(
-    gen: Generator, records: Iterator[tuple[str, dict[str, Any]]], s: Sampling, field: str
+    gen: Generator,
+    records: Iterator[tuple[str, dict[str, Any]]],
+    s: Sampling,
+    field: str,
+    batch_size: int = 1,
 ) -> Iterator[dict[str, Any]]:
-    """Each record with "completion" added (input fields kept); record i is drawn with seed + i."""
+    """Each record with "completion" added (input fields kept), in input order; record i is
+    drawn with seed + i. Llama models generate ``batch_size`` records at once."""
     from nlpkit.errors import DataError
 
+    pending: list[tuple[dict[str, Any], str, Sampling]] = []
     for i, (where, record) in enumerate(records):
         prompt = record.get(field)
         if not isinstance(prompt, str):
             raise DataError(f"field {field!r} must be a string", where=where)
-        yield record | {"completion": gen.complete(prompt, s.for_record(i))}
+        pending.append((record, prompt, s.for_record(i)))
+        if len(pending) >= batch_size:
+            yield from _complete_batch(gen, pending)
+            pending = []
+    if pending:
+        yield from _complete_batch(gen, pending)
+
+
+def _complete_batch(
+    gen: Generator, pending: list[tuple[dict[str, Any], str, Sampling]]
+) -> Iterator[dict[str, Any]]:
+    if len(pending) == 1 or gen.cfg.arch != "llama":
+        for record, prompt, s in pending:
+            yield record | {"completion": gen.complete(prompt, s)}
+        return
+    bases = [gen.tok.encode(p, add_special_tokens=False).ids for _, p, _ in pending]
+    outs = gen.batch([gen.fit_ids(list(b)) for b in bases], [s for _, _, s in pending])
+    for (record, _, s), base_ids, new in zip(pending, bases, outs, strict=True):
+        text = gen._completion(base_ids, gen.tok.decode(base_ids), new)
+        hits = [i for i in (text.find(x) for x in s.stop) if i >= 0]
+        yield record | {"completion": text[: min(hits)] if hits else text}

@@ -1,25 +1,35 @@
-"""A small GGUF (v2/v3) *metadata* reader that is safe on files strangers wrote.
+"""A GGUF (v2/v3) reader that is safe on files strangers wrote: metadata and tensors.
 
 GGUF is llama.cpp's model file: a header, typed key/value metadata, tensor descriptions, then
-the tensor data. This module reads the header and the metadata only (no tensors), which is
-everything a tokenizer or a model config needs::
+the tensor data. ``read_metadata`` reads the header and the metadata only, which is everything a
+tokenizer or a model config needs; ``read_gguf`` also reads the tensor descriptions and maps the
+data, decoding (dequantizing) one tensor at a time on request::
 
     meta = read_metadata("SmolLM2-135M-Instruct.Q4_1.gguf")
     meta["tokenizer.ggml.model"]          # -> 'gpt2'
     len(meta["tokenizer.ggml.tokens"])    # -> 49152 (a lazy StringArray)
 
+    gg = read_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
+    gg.tensors["token_embd.weight"]       # -> TensorInfo(shape=(49152, 576), type_name='Q8_0', ...)
+    gg.tensor("token_embd.weight")        # -> float32 array (49152, 576)
+
 Hostile input: every count and length is checked against the bytes left in the file *before*
 anything is allocated, so memory stays below the file size (numeric arrays are copied once;
 string arrays keep one 8-byte offset per element, and each element takes at least 8 bytes of
-file). Anything malformed is a ``DataError`` (exit 65) naming the file and byte offset.
+file; at most ``MAX_TENSORS`` tensor descriptions). Tensor data must lie inside the file,
+aligned and without overlaps. Anything malformed is a ``DataError`` (exit 65) naming the file
+and byte offset.
 
 Format (little-endian): ``b"GGUF"``, u32 version, u64 tensor count, u64 key/value count, then
 per key/value: string key, u32 type, value. A string is a u64 byte length plus UTF-8 bytes; an
-array is u32 element type, u64 count, elements.
+array is u32 element type, u64 count, elements. Per tensor: string name, u32 n_dims, n_dims u64
+``ne`` (innermost first, so numpy's shape is the reverse), u32 ggml type, u64 offset relative to
+the data section, which starts at the next multiple of ``general.alignment`` (default 32).
 """
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import struct
@@ -31,6 +41,17 @@ from typing import Any, overload
 import numpy as np
 
 from nlpkit.errors import DataError, InputMissing
+from nlpkit.gguf_quants import GGML_TYPES, SUPPORTED, can_dequantize, dequantize
+
+__all__ = [
+    "GGUFFile",
+    "GGUFMetadata",
+    "StringArray",
+    "TensorInfo",
+    "dequantize",
+    "read_gguf",
+    "read_metadata",
+]
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)  # v1 used 32-bit counts and is long gone
@@ -54,6 +75,11 @@ _BOOL, _STRING, _ARRAY = 7, 8, 9
 _MIN_KV_BYTES = 14
 # the smallest tensor description: name length, 1-byte name, n_dims, type, offset
 _MIN_TENSOR_BYTES = 8 + 1 + 4 + 4 + 8
+MAX_DIMS = 4  # GGML_MAX_DIMS
+# Each description costs a few hundred bytes of Python objects for as little as 33 bytes of
+# file, so their number is capped; the largest real models have a few thousand tensors.
+MAX_TENSORS = 1 << 16
+DEFAULT_ALIGNMENT = 32
 
 
 class StringArray(Sequence[str]):
@@ -112,8 +138,71 @@ class GGUFMetadata:
         return self.fields.get(key, default)
 
 
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lies in a GGUF file and how it is encoded."""
+
+    name: str
+    shape: tuple[int, ...]  # numpy (row-major) order: ggml's ne reversed, e.g. (n_vocab, n_embd)
+    ggml_type: int
+    type_name: str  # "F32", "Q4_1", ...
+    offset: int  # absolute byte offset of the data in the file
+    nbytes: int
+
+
+class GGUFFile:
+    """A GGUF file: its metadata, its tensor descriptions (in file order) and the mapped data.
+
+    ``raw(name)`` is a read-only uint8 view of a tensor's bytes (no copy); ``tensor(name)``
+    decodes it into a new float32 array of ``tensors[name].shape``.
+    """
+
+    def __init__(self, path: str, metadata: GGUFMetadata, tensors: dict[str, TensorInfo], data: mmap.mmap):
+        self.path, self.metadata, self.tensors, self._data = path, metadata, tensors, data
+
+    def __repr__(self) -> str:
+        return f"GGUFFile({self.path!r}, {len(self.tensors)} tensors)"
+
+    def info(self, name: str) -> TensorInfo:
+        if name not in self.tensors:
+            raise DataError(f"GGUF file has no tensor {name!r}", where=self.path)
+        return self.tensors[name]
+
+    def raw(self, name: str) -> np.ndarray:
+        info = self.info(name)
+        return np.frombuffer(self._data, dtype=np.uint8, count=info.nbytes, offset=info.offset)
+
+    def tensor(self, name: str) -> np.ndarray:
+        info = self.info(name)
+        if not can_dequantize(info.ggml_type):
+            raise DataError(
+                f"tensor {name!r} (at byte {info.offset}) is {info.type_name}, which nlpkit cannot "
+                f"dequantize; supported: {', '.join(SUPPORTED)}",
+                where=self.path,
+                hint="convert the model with a supported quantization (e.g. Q8_0, Q4_K_M)",
+            )
+        return dequantize(self.raw(name), info.ggml_type, info.shape)
+
+
 def read_metadata(path: str | os.PathLike[str]) -> GGUFMetadata:
     """Read the header and every key/value of a GGUF file; ``DataError`` if malformed."""
+    name, data = _open(path)
+    return _Reader(name, data).read()
+
+
+def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
+    """Read the metadata and tensor descriptions of a GGUF file and map its data.
+
+    ``DataError`` if anything is malformed: counts that cannot fit, unknown tensor types,
+    misaligned, overlapping or out-of-file tensor data. Tensors are decoded lazily.
+    """
+    name, data = _open(path)
+    reader = _Reader(name, data)
+    metadata = reader.read()
+    return GGUFFile(name, metadata, reader.tensor_infos(metadata), data)
+
+
+def _open(path: str | os.PathLike[str]) -> tuple[str, mmap.mmap]:
     name = os.fspath(path)
     try:
         with open(name, "rb") as f:
@@ -125,7 +214,7 @@ def read_metadata(path: str | os.PathLike[str]) -> GGUFMetadata:
         raise InputMissing("no such file", where=name) from None
     except IsADirectoryError:
         raise InputMissing("is a directory, expected a .gguf file", where=name) from None
-    return _Reader(name, data).read()
+    return name, data
 
 
 def _decode(raw: bytes, path: str, offset: int) -> str:
@@ -140,10 +229,13 @@ class _Reader:
 
     def __init__(self, path: str, data: mmap.mmap):
         self.path, self.data, self.pos, self.size = path, data, 0, len(data)
+        self.alignment_at = 0  # where the general.alignment key/value starts, for error messages
 
-    def fail(self, what: str) -> DataError:
+    def fail(self, what: str, at: int | None = None) -> DataError:
         return DataError(
-            f"{what} (at byte {self.pos})", where=self.path, hint="the GGUF file is damaged or not GGUF"
+            f"{what} (at byte {self.pos if at is None else at})",
+            where=self.path,
+            hint="the GGUF file is damaged or not GGUF",
         )
 
     def need(self, n: int, what: str) -> None:
@@ -184,7 +276,10 @@ class _Reader:
             raise self.fail(f"tensor count {tensor_count} cannot fit in the file")
         fields: dict[str, Any] = {}
         for _ in range(kv_count):
+            start = self.pos
             key = self.string("metadata key")
+            if key == "general.alignment":
+                self.alignment_at = start
             if key in fields:
                 raise self.fail(f"duplicate metadata key {key!r}")
             fields[key] = self.value(self.unpack("<I", "value type"), key)
@@ -226,3 +321,79 @@ class _Reader:
             raise self.fail(f"array {key!r} runs past the end of the file")
         # Arrays of arrays are legal GGUF but no tokenizer or config uses them.
         raise self.fail(f"unsupported element type {etype} in array {key!r}")
+
+    def tensor_infos(self, meta: GGUFMetadata) -> dict[str, TensorInfo]:
+        """Read the tensor descriptions that follow the metadata and check where their data lies."""
+        alignment = meta.get("general.alignment", DEFAULT_ALIGNMENT)
+        if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):
+            raise self.fail(
+                f"general.alignment must be a power of two, not {alignment!r}", at=self.alignment_at
+            )
+        if meta.tensor_count > MAX_TENSORS:
+            raise self.fail(f"tensor count {meta.tensor_count} is more than nlpkit reads ({MAX_TENSORS})")
+        infos: list[tuple[TensorInfo, int]] = []  # (info with a relative offset, where it was described)
+        names: set[str] = set()
+        for _ in range(meta.tensor_count):
+            infos.append(self.tensor_info(names))
+        # The data section starts at the first aligned byte after the descriptions.
+        data_start = -(-self.pos // alignment) * alignment
+        tensors: dict[str, TensorInfo] = {}
+        for info, described_at in infos:
+            what = f"tensor {info.name!r} (described at byte {described_at})"
+            if info.offset % alignment:
+                raise self.fail(
+                    f"{what} has offset {info.offset}, not a multiple of {alignment}", at=described_at
+                )
+            start = data_start + info.offset
+            if start + info.nbytes > self.size:
+                raise self.fail(
+                    f"{what} data of {info.nbytes} bytes runs past the end of the file ({self.size} bytes)",
+                    at=start,
+                )
+            tensors[info.name] = TensorInfo(
+                info.name, info.shape, info.ggml_type, info.type_name, start, info.nbytes
+            )
+        ordered = sorted(tensors.values(), key=lambda t: t.offset)
+        for before, after in itertools.pairwise(ordered):
+            if after.offset < before.offset + before.nbytes:
+                raise self.fail(f"tensors {before.name!r} and {after.name!r} overlap", at=after.offset)
+        return tensors
+
+    def tensor_info(self, names: set[str]) -> tuple[TensorInfo, int]:
+        """One description: string name, u32 n_dims, n_dims u64 ne, u32 type, u64 relative offset."""
+        start = self.pos
+        name = self.string("tensor name")
+        if name in names:
+            raise self.fail(f"duplicate tensor name {name!r}", at=start)
+        names.add(name)
+        n_dims = self.unpack("<I", f"tensor {name!r} dimension count")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise self.fail(f"tensor {name!r} has {n_dims} dimensions, expected 1 to {MAX_DIMS}", at=start)
+        self.need(8 * n_dims, f"tensor {name!r} dimensions")
+        ne = struct.unpack_from(f"<{n_dims}Q", self.data, self.pos)
+        if not all(0 < n < 1 << 63 for n in ne):
+            raise self.fail(f"tensor {name!r} has an invalid dimension in {list(ne)}")
+        self.pos += 8 * n_dims
+        ggml_type = self.unpack("<I", f"tensor {name!r} type")
+        if ggml_type not in GGML_TYPES:
+            raise self.fail(f"tensor {name!r} has unknown type {ggml_type}", at=self.pos - 4)
+        type_name, block_size, type_size = GGML_TYPES[ggml_type]
+        if ne[0] % block_size:
+            raise self.fail(
+                f"tensor {name!r} rows of {ne[0]} values are not a multiple of the {type_name} block "
+                f"({block_size})",
+                at=start,
+            )
+        count = 1
+        for n in ne:  # Python ints: no overflow, and one bound check settles it
+            count *= n
+        nbytes = count // block_size * type_size
+        if nbytes > self.size:
+            size = nbytes if nbytes < 1 << 64 else "over 2**64"
+            raise self.fail(
+                f"tensor {name!r} of shape {list(ne)[::-1]} {type_name} would take {size} bytes, "
+                f"more than the whole file ({self.size})",
+                at=start,
+            )
+        offset = self.unpack("<Q", f"tensor {name!r} offset")
+        return TensorInfo(name, tuple(reversed(ne)), ggml_type, type_name, offset, nbytes), start

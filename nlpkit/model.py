@@ -179,7 +179,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != self.weight.dtype:  # bf16 activations: the library kernel handles the mix
+        if x.dtype != self.weight.dtype or not torch.is_grad_enabled():  # mixed dtypes, inference
             return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
         return _RMSNormFn.apply(x, self.weight, self.eps)
 
@@ -208,6 +208,10 @@ class Rotary(nn.Module):
         """The tables of positions pos..pos+T-1, shaped (T, 1, hs) to broadcast over heads."""
         return self.cos[pos : pos + T, None], self.sin_f[pos : pos + T, None], self.sin_b[pos : pos + T, None]
 
+    def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The tables of each row's own positions (B, T): shaped (B, T, 1, hs)."""
+        return self.cos[positions, None], self.sin_f[positions, None], self.sin_b[positions, None]
+
 
 class _RopeFn(torch.autograd.Function):
     """y = x * cos + roll(x, h) * sin_f; dx = g * cos + roll(g, -h) * sin_b: three kernels each
@@ -228,6 +232,9 @@ class _RopeFn(torch.autograd.Function):
 
 def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Rotate (B, T, nh, hs) queries or keys by their positions' angles."""
+    if not torch.is_grad_enabled():  # inference: skip the autograd.Function machinery
+        cos, sin_f = rope[0].to(x.dtype), rope[1].to(x.dtype)
+        return torch.addcmul(x * cos, x.roll(x.size(-1) // 2, -1), sin_f)
     return _RopeFn.apply(x, *(t.to(x.dtype) for t in rope))
 
 
@@ -246,14 +253,27 @@ class LayerCache:
 
 
 class KVCache:
-    """Keys and values for every layer, and how many positions they hold (``pos``)."""
+    """Keys and values for every layer, and how many positions they hold (``pos``).
 
-    def __init__(self, cfg: ModelConfig, B: int, dtype: torch.dtype, device: Any):
+    Batched prompts of different lengths are left-padded: ``valid`` (B, max_len) marks the
+    real tokens (None: all are real) and ``next_pos`` (B,) is each row's next position.
+    """
+
+    def __init__(self, cfg: ModelConfig, B: int, dtype: torch.dtype, device: Any, max_len: int = 0):
+        self.max_len = min(max_len or cfg.block_size, cfg.block_size)
         self.layers = [
-            LayerCache(B, cfg.kv_heads, cfg.block_size, cfg.hs, dtype, device) for _ in range(cfg.n_layer)
+            LayerCache(B, cfg.kv_heads, self.max_len, cfg.hs, dtype, device) for _ in range(cfg.n_layer)
         ]
         self.pos = 0
-        self.max_len = cfg.block_size
+        self.valid: torch.Tensor | None = None
+        self.next_pos: torch.Tensor | None = None
+
+    def to(self, dtype: torch.dtype) -> KVCache:
+        """The same cache with keys and values in ``dtype`` (a prefill in float32 handing over
+        to a float16 decoder)."""
+        for layer in self.layers:
+            layer.k, layer.v = layer.k.to(dtype), layer.v.to(dtype)
+        return self
 
 
 class Attention(nn.Module):
@@ -267,6 +287,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.n_embd, cfg.kv_heads * cfg.hs, bias=False)
         self.v_proj = nn.Linear(cfg.n_embd, cfg.kv_heads * cfg.hs, bias=False)
         self.o_proj = nn.Linear(cfg.n_head * cfg.hs, cfg.n_embd, bias=False)
+        self.qkv: torch.Tensor | None = None  # see fuse_projections()
+        self.splits = [cfg.n_head * cfg.hs, cfg.kv_heads * cfg.hs, cfg.kv_heads * cfg.hs]
 
     def forward(
         self,
@@ -280,9 +302,14 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.size()
         src = x if memory is None else memory
-        q = self.q_proj(x).view(B, T, self.n_head, self.hs)  # (B, T, nh, hs)
-        k = self.k_proj(src).view(B, -1, self.n_kv, self.hs)  # (B, S, nkv, hs)
-        v = self.v_proj(src).view(B, -1, self.n_kv, self.hs).transpose(1, 2)  # (B, nkv, S, hs)
+        if self.qkv is not None and memory is None:  # fused for inference: one matrix-vector product
+            q, k, v = F.linear(x, self.qkv).split(self.splits, -1)
+            q, k = q.view(B, T, self.n_head, self.hs), k.view(B, T, self.n_kv, self.hs)
+            v = v.view(B, T, self.n_kv, self.hs).transpose(1, 2)
+        else:
+            q = self.q_proj(x).view(B, T, self.n_head, self.hs)  # (B, T, nh, hs)
+            k = self.k_proj(src).view(B, -1, self.n_kv, self.hs)  # (B, S, nkv, hs)
+            v = self.v_proj(src).view(B, -1, self.n_kv, self.hs).transpose(1, 2)  # (B, nkv, S, hs)
         if rope is not None:  # before the transpose: contiguous rows are a few % faster
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, nh, T, hs), (B, nkv, S, hs)
@@ -301,9 +328,34 @@ class SwiGLU(nn.Module):
         self.gate_proj = nn.Linear(cfg.n_embd, cfg.ffn_size(), bias=False)
         self.up_proj = nn.Linear(cfg.n_embd, cfg.ffn_size(), bias=False)
         self.down_proj = nn.Linear(cfg.ffn_size(), cfg.n_embd, bias=False)
+        self.gate_up: torch.Tensor | None = None  # see fuse_projections()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up is not None:
+            gate, up = F.linear(x, self.gate_up).chunk(2, -1)
+            return self.down_proj(F.silu(gate).mul_(up))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def fuse_projections(model: nn.Module) -> nn.Module:
+    """For inference only: concatenate each layer's q/k/v and gate/up matrices, so a generated
+    token costs two matrix-vector products fewer per layer (kernel launches dominate when
+    decoding one token). The separate parameters become views of the fused matrices, so
+    ``state_dict()`` and saving are unchanged; training the fused model is not supported."""
+    for mod in model.modules():
+        if isinstance(mod, Attention) and mod.qkv is None:
+            qkv = torch.cat([mod.q_proj.weight, mod.k_proj.weight, mod.v_proj.weight]).detach()
+            mod.qkv = qkv
+            q, k, v = qkv.split(mod.splits)
+            mod.q_proj.weight, mod.k_proj.weight, mod.v_proj.weight = (
+                nn.Parameter(t, False) for t in (q, k, v)
+            )
+        elif isinstance(mod, SwiGLU) and mod.gate_up is None:
+            gate_up = torch.cat([mod.gate_proj.weight, mod.up_proj.weight]).detach()
+            mod.gate_up = gate_up
+            g, u = gate_up.chunk(2)
+            mod.gate_proj.weight, mod.up_proj.weight = nn.Parameter(g, False), nn.Parameter(u, False)
+    return model
 
 
 class FeedForward(nn.Module):
@@ -383,18 +435,29 @@ class Llama(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        pad_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) and the loss against ``targets``; with a cache, the positions
-        continue from ``cache.pos`` and only the last position's logits are computed."""
+        continue from ``cache.pos`` and only the last position's logits are computed.
+
+        ``pad_mask`` (B, T), True for real tokens, starts a cache on left-padded prompts:
+        padding is never attended to and each row's positions count its real tokens only.
+        """
         T = idx.size(1)
         pos = cache.pos if cache is not None else 0
-        if pos + T > self.cfg.block_size:
-            raise UsageError(f"sequence of {pos + T} tokens is longer than the model's {self.cfg.block_size}")
+        limit = cache.max_len if cache is not None else self.cfg.block_size
+        if pos + T > limit:
+            raise UsageError(f"sequence of {pos + T} tokens is longer than the model's {limit}")
         x = self.drop(self.model.embed_tokens(idx))  # (B, T, C)
         rope, mask = self.rotary(pos, T), None
         if pos > 0 and T > 1:  # new queries see all cached keys and the causal part of their own
             mask = torch.ones(T, pos + T, dtype=torch.bool, device=idx.device).tril(diagonal=pos)
+        if cache is not None and (pad_mask is not None or cache.valid is not None):
+            rope, mask = self._padded(cache, pad_mask, T)
         for i, block in enumerate(self.model.layers):
             x = block(x, rope, mask, pos == 0, cache.layers[i] if cache is not None else None, pos)
         x = self.model.norm(x)
@@ -404,9 +467,33 @@ class Llama(nn.Module):
         logits = self.lm_head(x)  # (B, T, vocab)
         return logits, lm_loss(logits, targets) if targets is not None else None
 
-    def new_cache(self, B: int = 1) -> KVCache:
+    def _padded(
+        self, cache: KVCache, pad_mask: torch.Tensor | None, T: int
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Per-row rotary tables and the (B, 1, T, S) attention mask of a left-padded batch."""
+        pos, dev = cache.pos, self.lm_head.weight.device
+        B = cache.layers[0].k.size(0)
+        if cache.valid is None:
+            cache.valid = torch.ones(B, cache.max_len, dtype=torch.bool, device=dev)
+            cache.next_pos = torch.zeros(B, dtype=torch.long, device=dev)
+        assert cache.next_pos is not None
+        real = (
+            pad_mask.to(dev, torch.bool)
+            if pad_mask is not None
+            else torch.ones(B, T, dtype=torch.bool, device=dev)
+        )
+        cache.valid[:, pos : pos + T] = real
+        positions = cache.next_pos[:, None] + real.long().cumsum(1) - 1  # (B, T)
+        cache.next_pos = cache.next_pos + real.long().sum(1)
+        causal = torch.ones(T, pos + T, dtype=torch.bool, device=dev).tril(diagonal=pos)
+        mask = causal[None] & cache.valid[:, None, : pos + T]  # (B, T, S)
+        mask |= ~real[:, :, None]  # a padding query attends to everything (its output is unused)
+        return self.rotary.at(positions.clamp(min=0)), mask[:, None]
+
+    def new_cache(self, B: int = 1, max_len: int = 0) -> KVCache:
+        """A KV cache for B rows of up to ``max_len`` positions (0: the model's block size)."""
         w = self.lm_head.weight
-        return KVCache(self.cfg, B, w.dtype, w.device)
+        return KVCache(self.cfg, B, w.dtype, w.device, max_len)
 
     def step(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         return self(ids, cache=cache)[0][:, -1]
@@ -448,7 +535,7 @@ class LSTMLM(nn.Module):
         logits = self.head(self.drop(x))  # (B, T, vocab)
         return logits, lm_loss(logits, targets) if targets is not None else None
 
-    def new_cache(self, B: int = 1) -> LSTMState:
+    def new_cache(self, B: int = 1, max_len: int = 0) -> LSTMState:
         return LSTMState()
 
     def step(self, ids: torch.Tensor, cache: LSTMState) -> torch.Tensor:
@@ -547,7 +634,7 @@ class Seq2Seq(nn.Module):
         logits = self.decode(tgt, *self.encode(src))
         return logits, lm_loss(logits, targets) if targets is not None else None
 
-    def new_cache(self, B: int = 1) -> Seq2SeqState:
+    def new_cache(self, B: int = 1, max_len: int = 0) -> Seq2SeqState:
         return Seq2SeqState()
 
     def step(self, ids: torch.Tensor, cache: Seq2SeqState) -> torch.Tensor:

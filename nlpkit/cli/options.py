@@ -65,6 +65,31 @@ TokenizerSpec = Annotated[
     ),
 ]
 
+# Sampling, shared by generate, chat and rag-ask.
+MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", "-n", min=0, help="Tokens to add at most.")]
+Temperature = Annotated[float, typer.Option("--temperature", min=0.0, help="0: greedy (deterministic).")]
+SampleTopK = Annotated[
+    int, typer.Option("--top-k", min=0, help="Sample among the k likeliest tokens (0: all).")
+]
+TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (1: off).")]
+Stop = Annotated[
+    list[str] | None, typer.Option("--stop", help="End the text before this string (repeatable).")
+]
+DType = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        help="Weights while generating: auto (float16 for llama models of 256+ dims), float32, "
+        "float16 or bfloat16. The prompt always runs in float32.",
+    ),
+]
+ModelSpec = Annotated[
+    str,
+    typer.Argument(
+        help="A model folder, a .gguf file, or a named model (smollm2-135m-instruct).", show_default=False
+    ),
+]
+
 
 def inputs_or_stdin(inputs: list[str] | None) -> list[str]:
     """The input files, or stdin when none were given."""
