@@ -287,3 +287,41 @@ def test_smollm2_answers_like_llama_cpp_on_the_real_asset(monkeypatch: pytest.Mo
     ids = bot.prompt_ids(msgs)
     assert ids[-16:] == [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
     assert bot.reply(msgs, Sampling(max_new_tokens=20, temperature=0)) == "The capital of France is Paris."
+
+
+def test_interactive_chat_on_a_terminal(tiny_chat) -> None:  # type: ignore[no-untyped-def]
+    """A real pseudo-terminal: a prompt, a streamed reply, /reset, then Ctrl-D ends with status 0."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    root = tiny_chat[0]
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nlpkit", "chat", str(root / "model"), "-n", "4", "--temperature", "0"],
+        stdin=secondary, stdout=secondary, stderr=secondary, env={**os.environ, "TERM": "dumb"},
+    )  # fmt: skip
+    os.close(secondary)
+
+    def read_until(marker: bytes, timeout: float = 60) -> bytes:
+        seen = b""
+        while marker not in seen:
+            ready, _, _ = select.select([primary], [], [], timeout)
+            if not ready:
+                raise AssertionError(f"no {marker!r} in {seen!r}")
+            seen += os.read(primary, 4096)
+        return seen
+
+    try:
+        assert b"/reset" in read_until(b">>> ")
+        os.write(primary, b"hello there\n")
+        assert read_until(b">>> ").count(b"\n") >= 2  # the echoed line, then the reply's line
+        os.write(primary, b"/reset\n")
+        assert b"conversation cleared" in read_until(b">>> ")
+        os.write(primary, b"\x04")  # Ctrl-D
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        os.close(primary)

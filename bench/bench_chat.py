@@ -1,0 +1,263 @@
+"""SmolLM2-135M-Instruct: nlpkit against llama.cpp and a naive eager PyTorch loop, side by side.
+
+Speed (same prompt, 2 threads each, greedy, runs alternated, median of --reps with min/max):
+  * nlpkit            Generator: float32 prefill, float16 fused decoder (the default)
+  * nlpkit-f32        Generator with --dtype float32
+  * naive-eager       transformers' LlamaForCausalLM, float32, its KV cache, one token per call
+  * llama.cpp         llama-cpp-python on the Q4_1 GGUF itself
+Prefill: tokens/s over the prompt; decode: tokens/s over --new tokens (end token ignored).
+
+Parity (greedy, 7 chat prompts, --parity-tokens new tokens each): nlpkit against llama.cpp on the
+Q4_1 file, and on an F32 GGUF holding the same dequantized weights (written once into
+bench/.cache), with the largest difference between the top-5 first-token logits.
+
+    python bench/bench_chat.py                 # needs the bench extra and a pulled model
+Last line: ``chat: key=value ...``; results in bench/results/chat.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).parent
+QUESTIONS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain what a hash table is in two sentences.",
+    "List three uses of Python's itertools module.",
+    "Translate 'good morning' into Spanish and German.",
+    "What is 12 times 7?",
+    "Give me a short tip for writing clean code.",
+]
+LONG = (
+    "Summarise the following passage in one sentence.\n\n"
+    "The Unix philosophy favours small programs that each do one thing well and work together "
+    "through text streams. A program reads its input, writes its output, and reports errors on a "
+    "separate channel, so that it can be combined with others in a pipeline without surprises. "
+    "Exit codes tell the caller what happened; a program that fails says so in one line and leaves "
+    "no half-written files behind. These habits make tools easy to script, to test and to run "
+    "unattended from cron, and they are why command-line tools written decades ago are still in "
+    "daily use. Modern toolkits for language models can follow the same rules: read JSON lines, "
+    "write JSON lines, keep progress bars on stderr, and never lose data when interrupted."
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--parity-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from nlpkit.chat import ChatModel
+    from nlpkit.convert import resolve_model
+    from nlpkit.generate import Generator
+    from nlpkit.store import asset_dir
+
+    gguf_path = next(asset_dir("smollm2-135m-instruct").glob("*.gguf"))
+    folder = resolve_model("smollm2-135m-instruct")
+    fast = ChatModel.load(str(folder), "cpu")
+    exact = ChatModel(Generator.load(folder, "cpu", "float32"), fast.template)
+    prompt = fast.prompt_ids([{"role": "user", "content": LONG}])
+    print(f"prompt: {len(prompt)} tokens, decode {args.new} tokens, {args.threads} threads", file=sys.stderr)
+
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf_path), n_ctx=2048, n_threads=args.threads, n_batch=512, verbose=False)
+    hf = _hf_model(folder)
+    runners = {
+        "nlpkit": lambda: _nlpkit(fast.gen, prompt, args.new),
+        "nlpkit-f32": lambda: _nlpkit(exact.gen, prompt, args.new),
+        "naive-eager": lambda: _naive(hf, prompt, args.new),
+        "llama.cpp": lambda: _llama(llm, prompt, args.new),
+    }
+    speed: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in runners}
+    for run in runners.values():
+        run()  # warm-up: page in weights, build caches
+    for rep in range(args.reps):
+        for name, run in runners.items():
+            p, d = run()
+            speed[name]["prefill"].append(p)
+            speed[name]["decode"].append(d)
+            print(f"rep {rep} {name}: prefill {p:.0f} tok/s, decode {d:.1f} tok/s", file=sys.stderr)
+    runners.clear()  # frees llama.cpp's context before the parity runs load their own
+
+    parity = {
+        "llama.cpp Q4_1": _parity(fast, str(gguf_path), args),
+        "llama.cpp F32 (same weights)": _parity(fast, str(_f32_gguf(gguf_path)), args),
+        "llama.cpp F32, nlpkit --dtype float32": _parity(exact, str(_f32_gguf(gguf_path)), args),
+    }
+    summary = {k: {m: _stats(v) for m, v in s.items()} for k, s in speed.items()}
+    base = summary["naive-eager"]
+    result = {
+        "prompt_tokens": len(prompt),
+        "new_tokens": args.new,
+        "threads": args.threads,
+        "speed": summary,
+        "decode_vs_naive": summary["nlpkit"]["decode"]["median"] / base["decode"]["median"],
+        "prefill_vs_naive": summary["nlpkit"]["prefill"]["median"] / base["prefill"]["median"],
+        "decode_vs_llama_cpp": summary["nlpkit"]["decode"]["median"]
+        / summary["llama.cpp"]["decode"]["median"],
+        "prefill_vs_llama_cpp": summary["nlpkit"]["prefill"]["median"]
+        / summary["llama.cpp"]["prefill"]["median"],
+        "parity": parity,
+        "load": os.getloadavg()[0],
+        "torch": torch.__version__,
+    }
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "chat.json").write_text(json.dumps(result, indent=2) + "\n")
+    for name, s in summary.items():
+        print(
+            f"{name:12s} prefill {s['prefill']['median']:7.0f} tok/s"
+            f"  decode {s['decode']['median']:6.1f} tok/s"
+            f"  (decode min {s['decode']['min']:.1f} max {s['decode']['max']:.1f})"
+        )
+    for name, p in parity.items():
+        print(
+            f"parity vs {name}: {p['greedy_equal']}/{p['prompts']} greedy equal,"
+            f" top-5 max diff {p['top5_max_diff']:.3f}"
+        )
+    print(
+        f"chat: decode_vs_naive={result['decode_vs_naive']:.2f} "
+        f"prefill_vs_naive={result['prefill_vs_naive']:.2f} "
+        f"decode_vs_llama_cpp={result['decode_vs_llama_cpp']:.2f} "
+        f"parity_f32={parity['llama.cpp F32 (same weights)']['greedy_equal']}/{len(QUESTIONS)} "
+        f"parity_q4_1={parity['llama.cpp Q4_1']['greedy_equal']}/{len(QUESTIONS)}"
+    )
+
+
+def _stats(v: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(v), "min": min(v), "max": max(v)}
+
+
+def _nlpkit(gen, prompt: list[int], new: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        logits, cache = gen.prefill([prompt], new)
+        token = int(logits[0].argmax())
+        t1 = time.perf_counter()
+        for _ in range(new):
+            logits = gen.step([token], cache)
+            token = int(logits[0].argmax())
+        t2 = time.perf_counter()
+    return len(prompt) / (t1 - t0), new / (t2 - t1)
+
+
+def _hf_model(folder: Path):  # type: ignore[no-untyped-def]
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(str(folder), torch_dtype=torch.float32).eval()
+
+
+def _naive(hf, prompt: list[int], new: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """The plain loop: the model's own KV cache, one token per forward call, float32."""
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        out = hf(torch.tensor([prompt]), use_cache=True)
+        token = int(out.logits[0, -1].argmax())
+        t1 = time.perf_counter()
+        past = out.past_key_values
+        for _ in range(new):
+            out = hf(torch.tensor([[token]]), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            token = int(out.logits[0, -1].argmax())
+        t2 = time.perf_counter()
+    return len(prompt) / (t1 - t0), new / (t2 - t1)
+
+
+def _llama(llm, prompt: list[int], new: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(prompt)
+    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    t1 = time.perf_counter()
+    for _ in range(new):
+        llm.eval([token])
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    t2 = time.perf_counter()
+    return len(prompt) / (t1 - t0), new / (t2 - t1)
+
+
+def _f32_gguf(src: Path) -> Path:
+    """The Q4_1 file with every tensor dequantized to F32 (metadata unchanged): llama.cpp then
+    computes in float32 too, which separates our arithmetic from its 8-bit activations."""
+    import gguf
+
+    out = HERE / ".cache" / "smollm2-f32.gguf"
+    if out.is_file():
+        return out
+    out.parent.mkdir(exist_ok=True)
+    from nlpkit.gguf import read_gguf
+
+    reader, ours = gguf.GGUFReader(str(src)), read_gguf(src)
+    w = gguf.GGUFWriter(str(out) + ".tmp", "llama")
+    for f in reader.fields.values():
+        if f.name.startswith("GGUF.") or f.name == "general.architecture":
+            continue
+        vtype = f.types[0]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            if f.types[1] == gguf.GGUFValueType.STRING:
+                w.add_array(f.name, [bytes(f.parts[i]).decode() for i in f.data])
+            else:
+                w.add_array(f.name, [f.parts[i].tolist()[0] for i in f.data])
+        elif vtype == gguf.GGUFValueType.STRING:
+            w.add_string(f.name, bytes(f.parts[f.data[0]]).decode())
+        else:
+            w.add_key_value(f.name, f.parts[f.data[0]].tolist()[0], vtype)
+    for name in ours.tensors:
+        w.add_tensor(name, ours.tensor(name))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(str(out) + ".tmp", out)
+    return out
+
+
+def _parity(bot, gguf_file: str, args: argparse.Namespace) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    from llama_cpp import Llama
+
+    from nlpkit.generate import Sampling
+
+    llm = Llama(model_path=gguf_file, n_ctx=2048, n_threads=args.threads, verbose=False, logits_all=True)
+    equal, worst, rows = 0, 0.0, []
+    for q in QUESTIONS:
+        ids = bot.prompt_ids([{"role": "user", "content": q}])
+        ref_ids = llm.tokenize(
+            bot.template.render([{"role": "user", "content": q}]).encode(), add_bos=False, special=True
+        )
+        llm.reset()
+        llm.eval(ids)
+        first = np.array(llm.scores[len(ids) - 1])
+        top = np.argsort(-first)[:5]
+        ref: list[int] = []
+        for t in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+            if t == llm.token_eos() or len(ref) >= args.parity_tokens:
+                break
+            ref.append(int(t))
+        with torch.inference_mode():
+            logits, _ = bot.gen.prefill([ids], 1)
+        diff = float((logits[0, top] - torch.tensor(first[top])).abs().max())
+        ours = list(bot.gen.tokens_from_ids(ids, Sampling(max_new_tokens=args.parity_tokens, temperature=0)))
+        same = ours == ref
+        first_diff = next((i for i, (a, b) in enumerate(zip(ours, ref, strict=False)) if a != b), None)
+        equal += same
+        worst = max(worst, diff)
+        rows.append({"question": q, "same_ids_as_llama_cpp_tokenizer": ids == ref_ids, "greedy_equal": same,
+                     "first_difference_at": first_diff, "top5_max_diff": diff})  # fmt: skip
+    del llm
+    return {"prompts": len(QUESTIONS), "greedy_equal": equal, "top5_max_diff": worst, "rows": rows}
+
+
+if __name__ == "__main__":
+    main()
