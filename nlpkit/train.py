@@ -673,16 +673,20 @@ def eval_model(folder: str, paths: Sequence[str], *, field: str = "text", fmt: s
                batch_size: int = 32, device: str = "auto") -> dict[str, Any]:  # fmt: skip
     """``nlpkit eval``: loss and perplexity of a model folder on held-out text (or pairs)."""
     import_torch()
+    from nlpkit.convert import resolve_model
     from nlpkit.model import load_model
     from nlpkit.tokenizer import load
 
     device = resolve_device(device)
-    model, cfg = load_model(folder, device)
-    data = _load_data(paths, load(folder), cfg, field, fmt)
+    path = resolve_model(folder)
+    model, cfg = load_model(path, device)
+    data = _load_data(paths, load(str(path)), cfg, field, fmt)
+    # Long-context models (SmolLM2: 8192) are scored in windows of 1024 tokens, and batches are
+    # cut so the logits of one batch stay near 512 MB.
+    window = min(cfg.block_size, 1024)
+    batch_size = max(1, min(batch_size, 2**27 // (window * cfg.vocab_size)))
     dataset: Dataset = (
-        PairSet(data, cfg, train=False)
-        if cfg.arch == "seq2seq"
-        else TokenStream(data, cfg.block_size, train=False)
+        PairSet(data, cfg, train=False) if cfg.arch == "seq2seq" else TokenStream(data, window, train=False)
     )
     if len(dataset) == 0:
         raise DataError("too little text to evaluate (fewer than 2 tokens)", where=", ".join(paths))
