@@ -230,7 +230,7 @@ def _parity(bot, gguf_file: str, args: argparse.Namespace) -> dict[str, object]:
     from nlpkit.generate import Sampling
 
     llm = Llama(model_path=gguf_file, n_ctx=2048, n_threads=args.threads, verbose=False, logits_all=True)
-    equal, worst, rows = 0, 0.0, []
+    equal, worst, rows, refs = 0, 0.0, [], []
     for q in QUESTIONS:
         ids = bot.prompt_ids([{"role": "user", "content": q}])
         ref_ids = llm.tokenize(
@@ -255,7 +255,12 @@ def _parity(bot, gguf_file: str, args: argparse.Namespace) -> dict[str, object]:
         worst = max(worst, diff)
         rows.append({"question": q, "same_ids_as_llama_cpp_tokenizer": ids == ref_ids, "greedy_equal": same,
                      "first_difference_at": first_diff, "top5_max_diff": diff})  # fmt: skip
+        refs.append({"question": q, "prompt_ids": ids, "top5": top.tolist(),
+                     "top5_logits": first[top].tolist(), "greedy": ref})  # fmt: skip
     del llm
+    if "Q4_1" in Path(gguf_file).name:  # llama.cpp's answers, for bench/llamacpp_emu/run_parity.py
+        (HERE / ".cache").mkdir(exist_ok=True)
+        (HERE / ".cache" / "llama_ref.json").write_text(json.dumps(refs))
     return {"prompts": len(QUESTIONS), "greedy_equal": equal, "top5_max_diff": worst, "rows": rows}
 
 
