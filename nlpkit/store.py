@@ -321,7 +321,7 @@ def list_assets() -> list[dict[str, Any]]:
     for name, asset in ASSETS.items():
         folder = models_dir() / name
         pulled = is_pulled(name)
-        size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) if pulled else 0
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if pulled else 0
         rows.append(
             {
                 "name": name,
