@@ -13,7 +13,7 @@ check: lint test
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,torch]'
+	$(BIN)/python -m pip install -q -e '.[dev,torch,onnx]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,4 +1,4 @@
-"""Word-vector commands: embed (words), analogy, similar, convert."""
+"""Vector commands: embed (word vectors, or sentence embeddings with -m), analogy, similar, convert."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import typer
 
 from nlpkit.cli import app
 from nlpkit.cli.options import (
+    Device,
     InputFormat,
     Inputs,
     Output,
@@ -44,11 +45,28 @@ def _records(words: list[str] | None, inputs: list[str] | None, fmt: str, field:
 
 @app.command("embed")
 def embed_cmd(
+    ctx: typer.Context,
     words: Annotated[
-        list[str] | None, typer.Argument(help="Words (default: lines or JSONL from -i / stdin).")
+        list[str] | None,
+        typer.Argument(help="Words, or texts with -m (default: lines or JSONL from -i / stdin)."),
     ] = None,
     inputs: Inputs = None,
     output: Output = "-",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "-m",
+            "--model",
+            help="Sentence embeddings from this encoder: minilm-l6-v2 or a BERT folder "
+            "(config.json, model.safetensors, tokenizer.json). Without it: word vectors.",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Texts per batch (-m).")] = 32,
+    backend: Annotated[
+        str, typer.Option("--backend", help="-m runtime: auto (onnx if installed), onnx or torch.")
+    ] = "auto",
+    device: Device = "cpu",
     vectors: Vectors = DEFAULT_VECTORS,
     oov: Oov = "error",
     field: Field = "text",
@@ -56,17 +74,54 @@ def embed_cmd(
     input_format: InputFormat = "auto",
     quiet: Quiet = False,
 ) -> None:
-    """Word vectors for words: JSONL records (input fields + "vector"), or one matrix.
+    """Word vectors for words, or sentence embeddings for texts with -m: JSONL records or one matrix.
 
-    A record whose FIELD is a list of words (tokenizer output) gets "vectors". With
-    -o FILE.safetensors the vectors are written as one nlpkit vectors file instead.
+    Word vectors: each record gets "vector" (a list of words, as from the tokenizer, gets
+    "vectors"). With -m MODEL each text gets "embedding": mean-pooled, L2-normalised, as
+    sentence-transformers computes it (ONNX Runtime by default; the graph is exported once
+    and cached in the store). Blank lines are skipped; an empty "text" field is embedded.
+    With -o FILE.safetensors the vectors (or the (n, dim) embedding matrix) go to one file.
 
-    Example: echo king | nlpkit embed | jq '.vector[:3]'
+    Examples: echo king | nlpkit embed | jq '.vector[:3]'
+    nlpkit embed -m minilm-l6-v2 -i docs.txt -o docs.safetensors
     """
-    from nlpkit.formats import RecordWriter, set_quiet, with_progress
-    from nlpkit.vectors import WordVectors, embed_records, load_vectors
+    from nlpkit.formats import set_quiet
 
     set_quiet(quiet)
+    if model is not None:
+        _reject_word_options(ctx, ["vectors", "oov", "fold_case"])
+        _embed_sentences(model, words, inputs, output, field, input_format, batch_size, backend, device)
+        return
+    _reject_word_options(ctx, ["batch_size", "backend", "device"], sentence=True)
+    _embed_words(words, inputs, output, vectors, oov, field, fold_case, input_format)
+
+
+def _reject_word_options(ctx: typer.Context, names: list[str], sentence: bool = False) -> None:
+    """Flags of the other mode given on the command line are a usage error, not silently ignored."""
+    from nlpkit.errors import UsageError
+
+    for name in names:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name == "COMMANDLINE":
+            flag = "--" + name.replace("_", "-")
+            if sentence:
+                raise UsageError(f"{flag} applies to sentence embeddings only", hint="add -m MODEL")
+            raise UsageError(f"{flag} applies to word vectors only, not to -m", hint=f"drop {flag}")
+
+
+def _embed_words(
+    words: list[str] | None,
+    inputs: list[str] | None,
+    output: str,
+    vectors: str,
+    oov: str,
+    field: str,
+    fold_case: bool,
+    input_format: str,
+) -> None:
+    from nlpkit.formats import RecordWriter, with_progress
+    from nlpkit.vectors import WordVectors, embed_records, load_vectors
+
     wv = load_vectors(vectors)
     records = with_progress(_records(words, inputs, input_format, field), "embedding", output=output)
     stream = embed_records(wv, records, field, oov, fold_case)
@@ -81,6 +136,46 @@ def embed_cmd(
         return
     with RecordWriter(output) as out:
         for record, _, _ in stream:
+            out.write(record)
+
+
+def _embed_sentences(
+    model: str,
+    texts: list[str] | None,
+    inputs: list[str] | None,
+    output: str,
+    field: str,
+    input_format: str,
+    batch_size: int,
+    backend: str,
+    device: str,
+) -> None:
+    import json
+
+    from nlpkit.encoder import embed_records, load_encoder
+    from nlpkit.formats import RecordWriter, provenance, save_tensors, say, with_progress
+
+    encoder = load_encoder(model, backend=backend, device=device)
+    records = with_progress(_records(texts, inputs, input_format, field), "embedding", output=output)
+    stream = embed_records(encoder, records, field, batch_size)
+    if output.endswith(".safetensors"):
+        import numpy as np
+
+        rows = [row for _, row in stream]
+        matrix = np.stack(rows) if rows else np.zeros((0, encoder.dim), np.float32)
+        config = {"model": encoder.name, "dim": encoder.dim, "max_length": encoder.max_length}
+        meta = provenance(
+            **{
+                "nlpkit.model": encoder.name,
+                "nlpkit.dim": str(encoder.dim),
+                "nlpkit.config": json.dumps(config),
+            }
+        )
+        save_tensors(output, {"embeddings": matrix}, meta, kind="sentence-embeddings")
+        say(f"wrote {len(rows)} embeddings of {encoder.dim} dims to {output}")
+        return
+    with RecordWriter(output) as out:
+        for record, _ in stream:
             out.write(record)
 
 
@@ -242,25 +337,54 @@ def _write_report(report: dict[str, Any], output: str) -> None:
 @app.command("convert")
 def convert_cmd(
     source: Annotated[
-        str, typer.Argument(help="Vectors: a named asset, .safetensors, GloVe or word2vec file.")
+        str,
+        typer.Argument(help="Vectors (named asset, .safetensors, GloVe or word2vec file) or a .gguf model."),
     ],
-    output: Annotated[str, typer.Option("-o", "--output", help="Output FILE (written atomically).")],
+    output: Annotated[
+        str, typer.Option("-o", "--output", help="Output FILE (written atomically); a folder for a model.")
+    ],
     to: Annotated[
         str, typer.Option("--to", help="auto (by extension), nlpkit, glove, word2vec, word2vec-bin.")
     ] = "auto",
     source_format: Annotated[
-        str, typer.Option("--from", help="auto, nlpkit, glove, word2vec or word2vec-bin.")
+        str, typer.Option("--from", help="auto, nlpkit, glove, word2vec, word2vec-bin or gguf.")
     ] = "auto",
     quiet: Quiet = False,
 ) -> None:
-    """Convert word vectors between nlpkit safetensors, GloVe text and word2vec text/binary.
+    """Convert word vectors (nlpkit safetensors, GloVe text, word2vec text/binary), or a GGUF
+    model into an nlpkit model folder.
 
-    Every row is validated on the way in. Example: nlpkit convert glove.txt -o glove.safetensors
+    Vectors: every row is validated on the way in. A .gguf model (llama.cpp's format, llama
+    architecture) becomes a folder of config.json, model.safetensors (float32, Hugging Face
+    names), tokenizer.json and its chat template, which every model command accepts;
+    quantized weights (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K...) are dequantized.
+
+    Examples: nlpkit convert glove.txt -o glove.safetensors;
+    nlpkit convert SmolLM2-135M-Instruct.Q4_1.gguf -o smollm2
     """
+    from pathlib import Path
+
     from nlpkit.formats import say, set_quiet
     from nlpkit.vectors import load_vectors, save_as
 
     set_quiet(quiet)
+    if source_format == "gguf" or (source_format == "auto" and _is_gguf(Path(source))):
+        from nlpkit.cli.chat import convert_gguf
+
+        if to not in ("auto", "nlpkit"):
+            from nlpkit.errors import UsageError
+
+            raise UsageError("a GGUF model converts to an nlpkit model folder only (--to auto)")
+        convert_gguf(source, output)
+        return
     wv = load_vectors(source, source_format)
     save_as(wv, output, to)
     say(f"wrote {len(wv)} vectors of {wv.dim} dims to {output}")
+
+
+def _is_gguf(path: Any) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
