@@ -166,6 +166,10 @@ class ChatModel:
             )
         return ids
 
+    def room(self, messages: Sequence[Message]) -> int:
+        """Tokens left in the model's window after this conversation's prompt (negative: too long)."""
+        return self.gen.cfg.block_size - len(encode_chat(self.gen.tok, self.template, messages))
+
     def stream(self, messages: Sequence[Message], s: Sampling) -> Iterator[str]:
         """The reply as text pieces, as they are generated."""
         tok = self.gen.tok

@@ -31,6 +31,9 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("NLPKIT_HOME", str(home))
     for var in ("NLPKIT_AUTO_PULL", "NLPKIT_VECTORS", "NLPKIT_QUIET", "NLPKIT_DEBUG", "NLPKIT_OUTPUT"):
         monkeypatch.delenv(var, raising=False)
+    from nlpkit.formats import set_quiet
+
+    set_quiet(False)  # a CliRunner test with -q must not silence the tests after it
     return home
 
 

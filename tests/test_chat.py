@@ -37,7 +37,9 @@ _LLAMA_CPP_NAMES = {v: k for k, v in {
 }.items()}  # fmt: skip
 
 
-def write_llama_gguf(path: Path, seed: int = 0, quant: str = "F32", template: str | None = TEMPLATE):
+def write_llama_gguf(
+    path: Path, seed: int = 0, quant: str = "F32", template: str | None = TEMPLATE, context: int = 64
+):
     """A tiny random Llama in llama.cpp's layout (renamed, Q/K rows permuted) with a byte-level
     BPE and a ChatML template; returns the reference model it was made from."""
     tok = smollm_like()
@@ -47,7 +49,7 @@ def write_llama_gguf(path: Path, seed: int = 0, quant: str = "F32", template: st
     tokens += [a.content for a in sorted(tok.get_added_tokens_decoder().values(), key=lambda a: a.content)
                if a.content not in vocab]  # fmt: skip
     V = len(tokens)
-    cfg = ModelConfig(arch="llama", vocab_size=V, block_size=64, n_layer=2, n_embd=64, n_head=4, n_kv_head=2,
+    cfg = ModelConfig(arch="llama", vocab_size=V, block_size=context, n_layer=2, n_embd=64, n_head=4, n_kv_head=2,
                       intermediate_size=96, rope_theta=10000.0, bos_id=1, eos_id=2, pad_id=2)  # fmt: skip
     torch.manual_seed(seed)
     model = build_model(cfg).eval()

@@ -66,6 +66,7 @@ def _root(
 from nlpkit.cli import chat as _chat  # noqa: E402,F401
 from nlpkit.cli import lm as _lm  # noqa: E402,F401
 from nlpkit.cli import models as _models  # noqa: E402,F401  (registers commands)
+from nlpkit.cli import rag as _rag  # noqa: E402,F401
 from nlpkit.cli import tokens as _tokens  # noqa: E402,F401
 from nlpkit.cli import vectors as _vectors  # noqa: E402,F401
 from nlpkit.cli import word2vec as _word2vec  # noqa: E402,F401
