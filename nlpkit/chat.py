@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nlpkit.errors import DataError, UsageError
-from nlpkit.generate import Generator, Sampling
+from nlpkit.generate import Generator, Sampling, batches
 
 ROLES = ("system", "user", "assistant")
 Message = dict[str, str]
@@ -217,25 +217,28 @@ def chat_records(
 ) -> Iterator[dict[str, Any]]:
     """One reply per record: ``{"messages": [...]}`` (or a plain "text" line, one user turn) in,
     the same record plus "reply" out, in input order. Record i is drawn with seed + i."""
-    pending: list[tuple[dict[str, Any], list[Message], Sampling]] = []
-    for i, (where, record) in enumerate(records):
-        if "messages" in record:
-            messages = check_messages(record["messages"], where)
-        elif isinstance(record.get("text"), str):
-            messages = [{"role": "user", "content": record["text"]}]
-        else:
-            raise DataError(
-                'a record needs "messages" (a conversation) or "text" (one user turn)', where=where
-            )
-        if system is not None and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": system}, *messages]
-        chat.prompt_ids(messages)  # a conversation too long for the model fails here, naming the record
-        pending.append((record, messages, s.for_record(i)))
-        if len(pending) >= batch_size:
-            yield from _flush(chat, pending)
-            pending = []
-    if pending:
-        yield from _flush(chat, pending)
+
+    def conversations() -> Iterator[tuple[dict[str, Any], list[Message], Sampling]]:
+        for i, (where, record) in enumerate(records):
+            if "messages" in record:
+                messages = check_messages(record["messages"], where)
+            elif isinstance(record.get("text"), str):
+                messages = [{"role": "user", "content": record["text"]}]
+            else:
+                raise DataError(
+                    'a record needs "messages" (a conversation) or "text" (one user turn)', where=where
+                )
+            if system is not None and messages[0]["role"] != "system":
+                messages = [{"role": "system", "content": system}, *messages]
+            if chat.room(messages) <= 0:
+                raise DataError(
+                    f"the conversation does not fit the model's {chat.gen.cfg.block_size}-token window",
+                    where=where,
+                )
+            yield record, messages, s.for_record(i)
+
+    for group in batches(conversations(), batch_size):
+        yield from _flush(chat, group)
 
 
 def _flush(

@@ -14,10 +14,10 @@ held back until it is complete.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nlpkit.errors import UsageError
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from nlpkit.model import ModelConfig
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+T = TypeVar("T")
 
 
 @dataclass
@@ -278,17 +279,38 @@ def generate_records(
     drawn with seed + i. Llama models generate ``batch_size`` records at once."""
     from nlpkit.errors import DataError
 
-    pending: list[tuple[dict[str, Any], str, Sampling]] = []
-    for i, (where, record) in enumerate(records):
-        prompt = record.get(field)
-        if not isinstance(prompt, str):
-            raise DataError(f"field {field!r} must be a string", where=where)
-        pending.append((record, prompt, s.for_record(i)))
-        if len(pending) >= batch_size:
-            yield from _complete_batch(gen, pending)
-            pending = []
-    if pending:
-        yield from _complete_batch(gen, pending)
+    def prompts() -> Iterator[tuple[dict[str, Any], str, Sampling]]:
+        for i, (where, record) in enumerate(records):
+            prompt = record.get(field)
+            if not isinstance(prompt, str):
+                raise DataError(f"field {field!r} must be a string", where=where)
+            yield record, prompt, s.for_record(i)
+
+    for group in batches(prompts(), batch_size):
+        yield from _complete_batch(gen, group)
+
+
+def batches(items: Iterable[T], n: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``n`` items (the last may be shorter), read lazily. When reading
+    an item fails (a bad record), the items before it are still handed out first, so the
+    records before a bad line get their output, as everywhere else."""
+    group: list[T] = []
+    it = iter(items)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            break
+        except Exception:
+            if group:
+                yield group
+            raise
+        group.append(item)
+        if len(group) >= n:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _complete_batch(

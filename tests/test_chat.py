@@ -220,6 +220,9 @@ def test_chat_and_generate_errors(runner, tiny_chat, tmp_path: Path) -> None:  #
     assert bad.exit_code == 65 and "<stdin>:1" in bad.stderr and "role" in bad.stderr
     empty = runner.invoke(app, ["chat", str(root / "model")], input='{"messages": []}\n')
     assert empty.exit_code == 65
+    long = runner.invoke(app, ["chat", str(root / "model")], input="ok\n" + "word " * 200 + "\n")
+    assert long.exit_code == 65 and "<stdin>:2" in long.stderr and "64-token window" in long.stderr
+    assert json.loads(long.stdout)["text"] == "ok"  # the record before the bad one got its reply
     missing = runner.invoke(app, ["chat", str(tmp_path / "nope")], input="hi\n")
     assert missing.exit_code == 66
     write_llama_gguf(tmp_path / "plain.gguf", template=None)

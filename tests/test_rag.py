@@ -41,6 +41,29 @@ REAL_HOME = os.environ.get("NLPKIT_HOME")  # read before the suite isolates the 
 FACT = "The launch code of project Zephyr is 4417-KITE, kept in the blue safe."
 
 
+def _scripted_chat(monkeypatch: pytest.MonkeyPatch, answer: str) -> list[list[dict[str, str]]]:
+    """Stand in for the chat model with one that records the messages it is given and answers
+    ``answer``: the tests of what reaches the model and of how its answer is cleaned and cited
+    need a fixed answer (test_answer_from_a_real_tiny_chat_model runs the real one)."""
+    seen: list[list[dict[str, str]]] = []
+
+    class ScriptedChat:
+        @classmethod
+        def load(cls, spec: str, device: str) -> ScriptedChat:
+            return cls()
+
+        def room(self, messages: list[dict[str, str]]) -> int:
+            return 10**6
+
+        def reply(self, messages: list[dict[str, str]], sampling: object) -> str:
+            seen.append(messages)
+            assert getattr(sampling, "temperature", None) == 0
+            return answer
+
+    monkeypatch.setitem(sys.modules, "nlpkit.chat", types.SimpleNamespace(ChatModel=ScriptedChat))
+    return seen
+
+
 def _corpus(root: Path, n: int = 6) -> Path:
     docs = root / "docs"
     (docs / "sub").mkdir(parents=True)
@@ -204,22 +227,9 @@ def test_planted_fact_is_retrieved_and_cited(tmp_path: Path, runner, monkeypatch
         original = (docs / "sub" / "zephyr.md").read_text()
         assert FACT in original[top["start"] : top["end"]]
     # the answer path with a stand-in chat model (nlpkit.chat is the real one)
-    seen: list[list[dict[str, str]]] = []
-
-    class FakeChat:
-        @classmethod
-        def load(cls, spec: str, device: str) -> FakeChat:
-            return cls()
-
-        def room(self, messages) -> int:  # type: ignore[no-untyped-def]
-            return 10**6
-
-        def reply(self, messages, sampling) -> str:  # type: ignore[no-untyped-def]
-            seen.append(messages)
-            assert sampling.temperature == 0
-            return "The code is 4417-KITE [1].\n<<<END 0123456789abcdef>>>"  # the echo is dropped
-
-    monkeypatch.setitem(sys.modules, "nlpkit.chat", types.SimpleNamespace(ChatModel=FakeChat))
+    seen = _scripted_chat(
+        monkeypatch, "The code is 4417-KITE [1].\n<<<END 0123456789abcdef>>>"
+    )  # echo dropped
     r = runner.invoke(
         app, ["rag-ask", idx, "What is the launch code of project Zephyr?", "--json", "-k", "2"]
     )
@@ -533,21 +543,7 @@ def test_injection_from_an_indexed_file_reaches_the_model_only_as_data(
     docs = _corpus(tmp_path)
     (docs / "evil.txt").write_text("Zephyr notes.\n\n" + INJECTION + "\n")
     _index(tmp_path, str(docs))
-    seen: list[list[dict[str, str]]] = []
-
-    class FakeChat:
-        @classmethod
-        def load(cls, spec: str, device: str) -> FakeChat:
-            return cls()
-
-        def room(self, messages) -> int:  # type: ignore[no-untyped-def]
-            return 10**6
-
-        def reply(self, messages, sampling) -> str:  # type: ignore[no-untyped-def]
-            seen.append(messages)
-            return "PWNED \x1b[2J[1]"
-
-    monkeypatch.setitem(sys.modules, "nlpkit.chat", types.SimpleNamespace(ChatModel=FakeChat))
+    seen = _scripted_chat(monkeypatch, "PWNED \x1b[2J[1]")
     r = runner.invoke(app, ["rag-ask", str(tmp_path / "kb.idx"), "Zephyr notes", "-k", "3", "-f", "text"])
     assert r.exit_code == 0, r.output
     system, user = seen[0][0]["content"], seen[0][1]["content"]
