@@ -219,7 +219,8 @@ def build_messages(
 def cited_numbers(answer: str, k: int) -> list[int]:
     """Source numbers the answer cites: ``cited_numbers("See [2] and [1, 3].", 3)`` -> ``[2, 1, 3]``."""
     found: list[int] = []
-    for group in re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", answer):
+    prose = re.sub(r"```.*?(```|$)|`[^`\n]*`", " ", answer, flags=re.S)  # [1, 2, 3] in code is a list
+    for group in re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", prose):
         for n in re.findall(r"\d+", group):
             if 1 <= int(n) <= k and int(n) not in found:
                 found.append(int(n))

@@ -565,6 +565,8 @@ def test_small_helpers() -> None:
     assert fts_query('How do I get the "cwd" AND NOT x?') == '"cwd" OR "not" OR "x"'
     assert rrf([[(1, 0.9), (2, 0.5)], [(2, 0.8)]])[0][0] == 2
     assert cited_numbers("See [2] and [1, 3], not [9].", 3) == [2, 1, 3]
+    code = "Use shuffle [2].\n```python\nx = [1, 3]\n```\nprints `[1]` then [3"
+    assert cited_numbers(code, 3) == [2]  # lists inside code are not citations
     assert Document("x", "abc").original_span(1, 2) == (1, 2)
 
 
