@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all check setup lint format test test-slow docs bench clean
+.PHONY: all check setup lint format test test-slow docs bench bench-chat clean
 
 all: check
 
@@ -39,9 +39,18 @@ docs: $(STAMP)
 	$(BIN)/python -m nlpkit._gendocs
 
 # Side-by-side benchmarks against the reference tools (installs the bench extra).
+# Every benchmark side by side with its reference tool (long: run on a quiet machine).
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[bench]'
-	$(BIN)/python bench/bench_analogy.py
+	$(BIN)/python -m pip install -q -e '.[bench,onnx]'
+	for b in analogy tokenize word2vec lm embed rag; do $(BIN)/python bench/bench_$$b.py || exit 1; done
+
+# SmolLM2 against llama.cpp: llama-cpp-python compiles llama.cpp (flags: bench/README.md).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_AVX_VNNI=ON -DGGML_FMA=ON \
+	-DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON \
+	-DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+bench-chat: $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/python -m pip install -q -e '.[bench,llamacpp]'
+	$(BIN)/python bench/bench_chat.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
