@@ -74,7 +74,8 @@ print(json.dumps({
 NLPKIT_EVAL = """
 import json, sys, time
 t0 = time.perf_counter()
-from nlpkit.vectors import evaluate_analogies, load_vectors
+from nlpkit.vector_eval import evaluate_analogies
+from nlpkit.vectors import load_vectors
 t1 = time.perf_counter()
 wv = load_vectors(sys.argv[1])
 t2 = time.perf_counter()

@@ -135,7 +135,8 @@ def run_gensim(corpus: Path, arch: str, seed: int, out: str) -> dict[str, Any]:
 
 
 def quality(path: str, data: Path) -> dict[str, Any]:
-    from nlpkit.vectors import evaluate_analogies, evaluate_word_pairs, load_vectors
+    from nlpkit.vector_eval import evaluate_analogies, evaluate_word_pairs
+    from nlpkit.vectors import load_vectors
 
     wv = load_vectors(path)
     qw = evaluate_analogies(wv, str(data / "word-benchmarks" / "questions-words.txt"), 300000, True, "add")

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from nlpkit.cli import app
 from nlpkit.errors import DataError, UsageError
-from nlpkit.tokenizer import MODELS, TrainConfig, from_gguf, load, to_json, train
+from nlpkit.tokenizer import from_gguf, load, to_json
+from nlpkit.tokenizer_train import MODELS, TrainConfig, train
 
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "sonnets-tiny.txt"
@@ -95,7 +96,8 @@ def test_same_bytes_across_processes_hash_seeds_and_threads(trained) -> None:  #
     code = (
         "import hashlib, sys\n"
         "from tests.test_tokenizer import MODELS, config, lines\n"
-        "from nlpkit.tokenizer import to_json, train\n"
+        "from nlpkit.tokenizer import to_json\n"
+        "from nlpkit.tokenizer_train import train\n"
         "print(' '.join(hashlib.sha256(to_json(train(lines(), config(m)))).hexdigest() for m in MODELS))\n"
     )
     root = Path(__file__).parent.parent

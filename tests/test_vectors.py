@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nlpkit import vector_eval as E
 from nlpkit import vectors as V
 from nlpkit.errors import DataError, UsageError
 
@@ -171,7 +172,7 @@ def _gensim_reference(wv: V.WordVectors, path: str, restrict: int) -> tuple[int,
 
 def test_analogy_evaluation_matches_gensim_rules(table) -> None:
     path = str(DATA / "questions-tiny.txt")
-    report = V.evaluate_analogies(table, path, restrict=300000)
+    report = E.evaluate_analogies(table, path, restrict=300000)
     ref = _gensim_reference(table, path, 300000)
     assert (report["total"]["correct"], report["total"]["incorrect"], report["oov"]) == ref
     assert report["questions"] == 5 and report["oov"] == 1
@@ -188,7 +189,7 @@ def test_evaluation_on_random_vectors_matches_reference(tmp_path) -> None:
     path = tmp_path / "q.txt"
     path.write_text("\n".join(lines) + "\n")
     for restrict in (300, 200):
-        report = V.evaluate_analogies(wv, str(path), restrict=restrict)
+        report = E.evaluate_analogies(wv, str(path), restrict=restrict)
         assert (report["total"]["correct"], report["total"]["incorrect"], report["oov"]) == _gensim_reference(
             wv, str(path), restrict
         )
@@ -197,11 +198,11 @@ def test_evaluation_on_random_vectors_matches_reference(tmp_path) -> None:
 def test_evaluation_rejects_questions_without_section(tmp_path, table) -> None:
     (tmp_path / "q.txt").write_text("man king woman queen\n")
     with pytest.raises(DataError, match="q.txt:1: question before"):
-        V.evaluate_analogies(table, str(tmp_path / "q.txt"))
+        E.evaluate_analogies(table, str(tmp_path / "q.txt"))
 
 
 def test_word_pairs_spearman(table) -> None:
-    report = V.evaluate_word_pairs(table, str(DATA / "pairs-tiny.tsv"))
+    report = E.evaluate_word_pairs(table, str(DATA / "pairs-tiny.tsv"))
     assert report["pairs"] == 4 and report["oov"] == 1
     sims = [
         float(table.unit(table.index[a]) @ table.unit(table.index[b]))
@@ -214,7 +215,7 @@ def test_word_pairs_spearman(table) -> None:
 
 
 def test_rank_averages_ties() -> None:
-    assert V._rank(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
+    assert E._rank(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
 
 
 @settings(max_examples=40, deadline=None)

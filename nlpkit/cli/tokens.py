@@ -95,7 +95,8 @@ def train_cmd(
 
     from nlpkit.formats import is_quiet as quiet_now
     from nlpkit.formats import lock_for, open_output_binary, say, set_quiet
-    from nlpkit.tokenizer import TrainConfig, to_json, train_from_paths
+    from nlpkit.tokenizer import to_json
+    from nlpkit.tokenizer_train import TrainConfig, train_from_paths
 
     set_quiet(quiet)
     config = TrainConfig(

@@ -215,7 +215,7 @@ def analogy_cmd(
     set_quiet(quiet)
     wv = load_vectors(vectors)
     if eval_file:
-        from nlpkit.vectors import evaluate_analogies
+        from nlpkit.vector_eval import evaluate_analogies
 
         _write_report(evaluate_analogies(wv, eval_file, restrict_vocab, fold_case, method), output)
         return
@@ -267,7 +267,7 @@ def similar_cmd(
     set_quiet(quiet)
     wv = load_vectors(vectors)
     if eval_file:
-        from nlpkit.vectors import evaluate_word_pairs
+        from nlpkit.vector_eval import evaluate_word_pairs
 
         _write_report(evaluate_word_pairs(wv, eval_file, restrict_vocab, fold_case), output)
         return
