@@ -99,9 +99,9 @@ class Generator:
 
             import torch
 
-            from nlpkit.model import fuse_projections
+            from nlpkit.model import fuse_projections, half_matrices
 
-            self.decoder = fuse_projections(copy.deepcopy(model).to(getattr(torch, self.dtype)))
+            self.decoder = fuse_projections(half_matrices(copy.deepcopy(model), getattr(torch, self.dtype)))
 
     @classmethod
     def load(cls, spec: str | Path, device: str = "auto", dtype: str = "auto") -> Generator:
@@ -151,7 +151,7 @@ class Generator:
         else:
             logits = self.model.step(idx, cache)
         if self.decoder is not self.model:
-            cache = cache.to(next(self.decoder.parameters()).dtype)
+            cache = cache.to(getattr(torch, self.dtype))
         return logits.float(), cache
 
     def step(self, tokens: list[int], cache: Any) -> torch.Tensor:
