@@ -64,17 +64,23 @@ def discover(
     sources: Iterable[str],
     warn: Callable[[str], None] = lambda message: None,
     max_bytes: int = MAX_FILE_BYTES,
+    strict: bool = False,
 ) -> Iterator[Source]:
     """Every indexable regular file under ``sources`` (files, folders or glob patterns).
 
     Sorted within each folder so that runs are deterministic. Skips are reported through
-    ``warn``; a named source that does not exist is an ``InputMissing`` (exit 66).
+    ``warn``; a named source that does not exist is an ``InputMissing`` (exit 66), and so is
+    a pattern that matches nothing when ``strict`` (``--sync``: a mistyped pattern or an
+    unmounted folder must not empty the index).
     """
     seen: set[str] = set()
     for spec in sources:
         matches = [spec]
         if not os.path.lexists(spec) and glob.has_magic(spec):
             matches = sorted(glob.glob(spec, recursive=True))
+            if not matches and strict:
+                hint = "--sync would remove every document it matched before; check the pattern"
+                raise InputMissing("the pattern matches nothing", where=spec, hint=hint)
             if not matches:
                 warn(f"{spec}: the pattern matches nothing")
         elif not os.path.lexists(spec):
@@ -93,6 +99,8 @@ def _from_path(path: str, warn: Callable[[str], None], max_bytes: int) -> Iterat
         warn(f"{path}: skipped ({e.strerror})")
         return
     name = os.path.normpath(path)
+    if not _storable(name, warn):
+        return
     if stat.S_ISDIR(st.st_mode):
         yield from _walk(path, name, warn, max_bytes)
     elif stat.S_ISREG(st.st_mode):
@@ -110,7 +118,8 @@ def _walk(root: str, name: str, warn: Callable[[str], None], max_bytes: int) -> 
         warn(f"{root}: skipped ({e.strerror})")
         return
     for entry in entries:
-        path, shown = entry.path, os.path.join(name, entry.name)
+        # "docs/x.md"; in the current folder "x.md", the name a glob or a file argument gives
+        path, shown = entry.path, entry.name if name == os.curdir else os.path.join(name, entry.name)
         try:
             st = entry.stat(follow_symlinks=False)
         except OSError as e:
@@ -119,6 +128,8 @@ def _walk(root: str, name: str, warn: Callable[[str], None], max_bytes: int) -> 
         mode = st.st_mode
         if stat.S_ISLNK(mode):
             warn(f"{path}: skipped (symbolic link; links are not followed inside a folder)")
+        elif not _storable(shown, warn):
+            continue
         elif stat.S_ISDIR(mode):
             if not entry.name.startswith("."):
                 yield from _walk(path, shown, warn, max_bytes)
@@ -128,6 +139,17 @@ def _walk(root: str, name: str, warn: Callable[[str], None], max_bytes: int) -> 
             continue  # hidden files and unknown types are not documents
         elif _size_ok(path, st.st_size, max_bytes, warn):
             yield Source(path, shown, kind_of(entry.name) or "text")
+
+
+def _storable(name: str, warn: Callable[[str], None]) -> bool:
+    """Whether ``name`` is text the index can store and cite (not undecodable bytes)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        warn(f"{shown}: skipped (the name is not valid UTF-8; rename the file)")
+        return False
 
 
 def _size_ok(path: str, size: int, max_bytes: int, warn: Callable[[str], None]) -> bool:

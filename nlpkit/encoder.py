@@ -138,6 +138,10 @@ def resolve_model(spec: str) -> tuple[str, Path]:
 
     if store.is_asset_name(spec):
         folder = store.asset_dir(spec)
+        if not (folder / "config.json").is_file():  # glove-6b-50d, smollm2-135m-instruct
+            raise UsageError(
+                f"{spec} is not a sentence encoder", hint=f"use {DEFAULT_MODEL} or a BERT model folder"
+            )
     else:
         folder = Path(spec)
         if not folder.is_dir():

@@ -137,6 +137,9 @@ def records_as_documents(records: Iterable[tuple[str, dict[str, Any]]]) -> Itera
     text comes from the record and no file is ever opened for it."""
     for where, rec in records:
         name = rec.get("path", rec.get("id"))
+        if name is not None and (isinstance(name, bool) or not isinstance(name, (str, int))):
+            kind_name = type(name).__name__
+            raise DataError(f"'path' or 'id' must be a string or an integer, not {kind_name}", where=where)
         name = where if name is None else str(name)
         kind = rec.get("format", "text")
         if kind not in ("text", "markdown", "rst", "html"):

@@ -22,6 +22,7 @@ and switches to it in one transaction; unreferenced vector files are deleted on 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import shutil
@@ -289,6 +290,13 @@ class IndexWriter(Index):
         current = self.meta["vectors_file"]
         path = self.folder / current
         valid = int(self.meta["rows"]) * self.dim * 4
+        have = path.stat().st_size if path.exists() else 0
+        if have < valid:  # lost rows (never from a kill: rows are fsynced before they count)
+            raise DataError(
+                f"vector file has {have // (4 * self.dim)} rows, the index expects {self.meta['rows']}",
+                where=str(path),
+                hint="rebuild the index with --rebuild",
+            )
         with open(path, "ab") as f:
             if f.tell() > valid:
                 f.truncate(valid)
@@ -336,6 +344,9 @@ class IndexWriter(Index):
         if not self._pending:
             return
         pending, self._pending = self._pending, []
+        for d, _ in pending:  # an empty or blank document has no chunks and nothing to embed
+            if d.vectors is None and not d.chunks:
+                d.vectors = np.zeros((0, self.dim), np.float32)
         todo = [(d, i) for d, _ in pending if d.vectors is None for i in range(len(d.chunks))]
         if todo:
             t0 = time.perf_counter()
@@ -496,10 +507,12 @@ def open_writer(
     if not path.parent.is_dir():
         raise InputMissing("no such folder", where=str(path.parent), hint="create it first")
     with lock_for(path, wait=wait):
-        for kept in path.parent.glob(f"{path.name}.tmp-*-old"):  # killed inside a swap: put it back
+        for kept in path.parent.glob(
+            f"{glob.escape(path.name)}.tmp-*-old"
+        ):  # killed inside a swap: put it back
             if not path.exists():
                 os.rename(kept, path)
-        for stale in path.parent.glob(f"{path.name}.tmp-*"):  # killed creates and rebuilds
+        for stale in path.parent.glob(f"{glob.escape(path.name)}.tmp-*"):  # killed creates and rebuilds
             shutil.rmtree(stale, ignore_errors=True)
         if path.exists() and not (path / DB_NAME).is_file():
             raise UsageError("exists and is not an nlpkit index", where=str(path), hint="choose another -o")

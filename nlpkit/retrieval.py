@@ -89,21 +89,30 @@ def search_dense(index: Index, qvec: Any, n: int) -> list[tuple[int, float]]:
     if len(matrix) == 0:
         return []
     q = np.asarray(qvec, np.float32)
-    # rows whose chunks were deleted are still in the file until compaction: over-fetch
+    use_ann = index.meta.get("ann", "exact") != "exact"
+    scores = None
+    # rows whose chunks were deleted stay in the file until compaction (up to half of it, and
+    # near copies of the live rows of a file that keeps changing): over-fetch, and widen the
+    # search until n live chunks are found or every row has been looked at
     want = min(len(matrix), n * 2 + 16)
-    found = ann.search(index, q, want) if index.meta.get("ann", "exact") != "exact" else None
-    if found is not None:
-        top, top_scores = found
-    else:
-        scores = matrix @ q
-        top = np.argpartition(-scores, want - 1)[:want] if want < len(scores) else np.arange(len(scores))
-        top = top[np.argsort(-scores[top], kind="stable")]
-        top_scores = scores[top]
-    marks = ",".join("?" * len(top))
-    live = dict(
-        index.conn.execute(f"SELECT row, id FROM chunks WHERE row IN ({marks})", [int(r) for r in top])
-    )
-    return [(live[int(r)], float(sc)) for r, sc in zip(top, top_scores, strict=True) if int(r) in live][:n]
+    while True:
+        found = ann.search(index, q, want) if use_ann else None
+        if found is not None:
+            top, top_scores = found
+        else:
+            scores = matrix @ q if scores is None else scores
+            top = np.argpartition(-scores, want - 1)[:want] if want < len(scores) else np.arange(len(scores))
+            top = top[np.argsort(-scores[top], kind="stable")]
+            top_scores = scores[top]
+        live: dict[int, int] = {}
+        for s in range(0, len(top), 30000):  # under every SQLite build's limit on variables
+            part = [int(r) for r in top[s : s + 30000]]
+            marks = ",".join("?" * len(part))
+            live.update(index.conn.execute(f"SELECT row, id FROM chunks WHERE row IN ({marks})", part))
+        hits = [(live[int(r)], float(sc)) for r, sc in zip(top, top_scores, strict=True) if int(r) in live]
+        if len(hits) >= n or want >= len(matrix):
+            return hits[:n]
+        want = min(len(matrix), want * 4)
 
 
 def rrf(lists: Sequence[Sequence[tuple[int, float]]], k: int = RRF_K) -> list[tuple[int, float]]:

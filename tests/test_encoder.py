@@ -308,3 +308,14 @@ def test_minilm_matches_sentence_transformers(monkeypatch: pytest.MonkeyPatch) -
         assert enc.dim == 384 and enc.max_length == 256
         got = enc.encode(texts, batch_size=3)
         assert (got * want).sum(1).min() > 0.9999, backend
+
+
+def test_a_named_model_that_is_not_an_encoder_is_a_usage_error(runner) -> None:  # type: ignore[no-untyped-def]
+    from nlpkit import store
+    from nlpkit.cli import app
+
+    folder = store.models_dir() / "glove-6b-50d"  # pulled, but word vectors, not a BERT folder
+    folder.mkdir(parents=True)
+    (folder / store.MANIFEST).write_text("{}")
+    result = runner.invoke(app, ["embed", "-m", "glove-6b-50d", "x"])
+    assert result.exit_code == 2 and "glove-6b-50d is not a sentence encoder" in result.stderr

@@ -633,3 +633,127 @@ def test_answer_from_a_real_tiny_chat_model(tmp_path: Path) -> None:
     args[3] = str(tmp_path / "short")
     short = run_cli(*args, input=b"Zephyr launch code\n")
     assert short.returncode == 2 and b"do not fit the model's window" in short.stderr
+
+
+# --------------------------------------------------------------------------- review regressions
+
+
+def test_empty_and_blank_documents_index_without_chunks(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "empty.txt").write_text("")
+    (docs / "blank.md").write_text("\n\n  \n")  # a batch of only chunk-less documents
+    assert "files 2 added" in _summary(_index(tmp_path, str(docs)))
+    r = run_cli("rag-index", "-", "-o", str(tmp_path / "kb.idx"), input=b'{"id": 1, "text": ""}\n')
+    assert "files 1 added" in _summary(r)
+    with open_index(tmp_path / "kb.idx") as idx:
+        assert idx.stats()["documents"] == 3 and idx.stats()["chunks"] == 0
+        _check_consistent(idx)
+    r = _cli("rag-ask", str(tmp_path / "kb.idx"), "anything", "--retrieve-only")
+    assert r.returncode == 0 and json.loads(r.stdout)["chunks"] == []
+
+
+def test_the_current_folder_and_a_glob_store_the_same_names(tmp_path: Path, monkeypatch) -> None:
+    docs = _corpus(tmp_path)
+    monkeypatch.chdir(docs)
+    assert "files 7 added" in _summary(_index(tmp_path, "."))
+    assert "files 0 added, 0 changed, 6 unchanged" in _summary(_index(tmp_path, "*.txt"))
+    assert "files 0 added, 0 changed, 1 unchanged" in _summary(_index(tmp_path, "./sub/zephyr.md"))
+    with open_index(tmp_path / "kb.idx") as idx:
+        assert "note0.txt" in {p for (p,) in idx.conn.execute("SELECT path FROM documents")}
+
+
+def test_lost_vector_rows_are_an_error_not_zero_vectors(tmp_path: Path) -> None:
+    docs = _corpus(tmp_path)
+    _summary(_index(tmp_path, str(docs)))
+    (tmp_path / "kb.idx" / "vectors-0.f32").write_bytes(b"")
+    (docs / "new.txt").write_text("A new note about kites.")
+    r = _index(tmp_path, str(docs))
+    assert r.returncode == 65 and "--rebuild" in r.stderr.decode()
+    assert "files 8 added" in _summary(_index(tmp_path, str(docs), extra=("--rebuild",)))
+    with open_index(tmp_path / "kb.idx") as idx:
+        _check_consistent(idx)
+
+
+def test_bad_ann_and_merge_flags_fail_before_anything_is_written(tmp_path: Path) -> None:
+    docs = _corpus(tmp_path)
+    r = _index(tmp_path, str(docs), extra=("--ann", "fast"))
+    assert r.returncode == 2 and not (tmp_path / "kb.idx").exists()
+    _summary(_index(tmp_path, str(docs)))
+    out = str(tmp_path / "all.idx")
+    r = _cli("rag-index", "--merge", str(tmp_path / "kb.idx"), "-o", out, "-m", "hash:32")
+    assert r.returncode == 2 and "--merge does not take -m" in r.stderr.decode()
+    r = _cli("rag-index", "--merge", str(tmp_path / "kb.idx"), str(tmp_path / "nope.idx"), "-o", out)
+    assert r.returncode == 66 and not Path(out).exists()
+
+
+def test_empty_questions_and_odd_record_labels_are_refused(tmp_path: Path) -> None:
+    _index(tmp_path, str(_corpus(tmp_path)))
+    idx = str(tmp_path / "kb.idx")
+    r = _cli("rag-ask", idx, "  ", "--retrieve-only")
+    assert r.returncode == 2 and "the question is empty" in r.stderr.decode()
+    r = run_cli("rag-ask", idx, "--retrieve-only", input=b'{"question": "bread"}\n{"question": ""}\n')
+    assert r.returncode == 65 and "<stdin>:2: the question is empty" in r.stderr.decode()
+    assert len(r.stdout.splitlines()) == 1  # the record before the bad one was answered
+    r = run_cli("rag-index", "-", "-o", idx, input=b'{"path": ["a"], "text": "x"}\n')
+    assert r.returncode == 65 and "must be a string or an integer, not list" in r.stderr.decode()
+
+
+def test_files_skipped_by_the_walk_are_counted(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "a.txt").write_text("alpha text")
+    (root / "link.txt").symlink_to(root / "a.txt")
+    (root / "bin.txt").write_bytes(b"\x00\x01")
+    assert "files 1 added, 0 changed, 0 unchanged, 0 removed, 2 skipped" in _summary(
+        _index(tmp_path, str(root))
+    )
+
+
+def test_sync_refuses_a_pattern_that_matches_nothing(tmp_path: Path) -> None:
+    docs = _corpus(tmp_path)
+    _summary(_index(tmp_path, str(docs / "*.txt")))
+    r = _index(tmp_path, str(docs / "*.TXT"), extra=("--sync",))  # a typo must not empty the index
+    assert r.returncode == 66 and "the pattern matches nothing" in r.stderr.decode()
+    assert "0 removed" in _summary(_index(tmp_path, str(docs / "*.TXT")))  # without --sync: a warning
+    with open_index(tmp_path / "kb.idx") as idx:
+        assert idx.stats()["documents"] == 6
+
+
+def test_dead_rows_of_a_file_that_keeps_changing_do_not_crowd_out_live_chunks(tmp_path: Path) -> None:
+    from nlpkit.retrieval import retrieve
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    body = "\n\n".join(f"Paragraph {j} about sailing boats and the wind, part {j}." for j in range(12))
+    for i in range(25):  # each run leaves the old rows behind, below the compaction threshold
+        (docs / "hot.txt").write_text(f"{body}\n\nEdit {i}.\n")
+        _summary(_index(tmp_path, str(docs), extra=("--chunk-size", "60", "--overlap", "0")))
+    with open_index(tmp_path / "kb.idx") as idx:
+        live = idx.stats()["chunks"]
+        assert int(idx.meta["rows"]) > 10 * live  # mostly dead rows, near copies of the live ones
+        hits = retrieve(idx, HashEncoder(64), "sailing boats wind", k=live, mode="dense", candidates=1)
+        assert len(hits) == live
+
+
+def test_an_index_name_with_glob_characters_touches_only_its_own_leftovers(tmp_path: Path) -> None:
+    docs = _corpus(tmp_path)
+    other = tmp_path / "k1.tmp-4242"  # another index's rebuild in progress
+    other.mkdir()
+    r = _cli("rag-index", str(docs), "-o", str(tmp_path / "k[1]"), "-m", "hash:32")
+    assert "files 7 added" in _summary(r)
+    assert other.is_dir() and (tmp_path / "k[1]" / "index.sqlite").is_file()
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_not_a_crash(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "ok.txt").write_text("fine text")
+    (root / "new\nline.txt").write_text("a name with a line break")
+    with open(os.path.join(os.fsencode(root), b"caf\xe9.txt"), "w") as f:
+        f.write("espresso")
+    r = _index(tmp_path, str(root))
+    assert "files 2 added, 0 changed, 0 unchanged, 0 removed, 1 skipped" in _summary(r)
+    assert "caf\\xe9.txt: skipped (the name is not valid UTF-8" in r.stderr.decode()
+    r = _cli("rag-ask", str(tmp_path / "kb.idx"), "line break", "--retrieve-only", "-f", "text", "-k", "1")
+    assert r.returncode == 0 and "new\\nline.txt:0-" in r.stdout.decode()

@@ -86,14 +86,25 @@ def rag_index_cmd(
     set_quiet(quiet)
     if not output:
         raise UsageError("missing -o INDEX", hint="name the index folder to build or update")
+    if ann is not None:  # checked before anything is embedded or written
+        from nlpkit.ann import check_kind
+
+        check_kind(ann)
     if merge:
+        ignored = [flag for flag, v in (("-m", model), ("--chunk-size", chunk_size), ("--overlap", overlap),
+                   ("--shard", shard), ("--rebuild", rebuild or None)) if v is not None]  # fmt: skip
+        if ignored:
+            raise UsageError(
+                f"--merge does not take {', '.join(ignored)}",
+                hint="the merged index takes the shards' encoder and chunking; build the shards with them",
+            )
         _merge(sources, output, wait, ann)
         return
     from nlpkit import indexing, rag
 
     settings = {"encoder": model, "chunk_size": chunk_size, "overlap": overlap}
     shard_of = indexing.parse_shard(shard)  # a bad flag fails before anything is touched
-    docs, total = _documents(sources, input_format, max_file_bytes)
+    docs, total, skipped = _documents(sources, input_format, max_file_bytes, sync)
     with (
         rag.open_writer(output, settings, wait=wait, rebuild=rebuild, device=device, ann=ann) as writer,
         Progress("indexing", total=total, unit=" files") as progress,
@@ -107,11 +118,15 @@ def rag_index_cmd(
             max_bytes=max_file_bytes,
             progress=progress.advance,
         )
+    summary.skipped += skipped
     say(summary.line(output))
 
 
-def _documents(sources: list[str] | None, input_format: str, max_bytes: int) -> tuple[Any, float | None]:
-    """Documents from SOURCES (files, folders, globs) and/or JSONL records on stdin."""
+def _documents(
+    sources: list[str] | None, input_format: str, max_bytes: int, sync: bool = False
+) -> tuple[Any, float | None, int]:
+    """Documents from SOURCES (files, folders, globs) and/or JSONL records on stdin, their
+    number (None for records), and how many files the walk skipped (links, FIFOs, too big...)."""
     import sys
 
     from nlpkit import indexing
@@ -126,14 +141,20 @@ def _documents(sources: list[str] | None, input_format: str, max_bytes: int) -> 
             raise UsageError("no SOURCES", hint="give files or folders, or pipe JSONL records into stdin")
         names = ["-"]
     files = [s for s in names if s != "-"]
-    found = list(discover(files, warn=say, max_bytes=max_bytes))
+    skips: list[bool] = []
+
+    def warn(message: str) -> None:
+        say(message)
+        skips.append(": skipped (" in message)
+
+    found = list(discover(files, warn=warn, max_bytes=max_bytes, strict=sync))
     docs = indexing.raw_documents(found)
     if "-" in names:
         records = indexing.records_as_documents(read_records(["-"], fmt=input_format))
         import itertools
 
-        return itertools.chain(docs, records), None
-    return docs, float(len(found))
+        return itertools.chain(docs, records), None, sum(skips)
+    return docs, float(len(found)), sum(skips)
 
 
 def _merge(sources: list[str] | None, output: str, wait: bool, ann: str | None) -> None:
@@ -143,6 +164,8 @@ def _merge(sources: list[str] | None, output: str, wait: bool, ann: str | None) 
 
     if not sources:
         raise UsageError("--merge needs the shard indexes as SOURCES")
+    for source in sources[1:]:  # every input is an index before the output is touched
+        rag.Index(source).close()
     with (
         rag.Index(sources[0]) as first,
         rag.open_writer(output, None, wait=wait, like=first, ann=ann) as writer,
@@ -203,7 +226,7 @@ def rag_ask_cmd(
     """
     from nlpkit import rag, retrieval
     from nlpkit.cli.options import wants_text
-    from nlpkit.errors import UsageError
+    from nlpkit.errors import DataError, UsageError
     from nlpkit.formats import RecordWriter, read_records, set_quiet, with_progress
 
     set_quiet(quiet)
@@ -224,7 +247,11 @@ def rag_ask_cmd(
         records = with_progress(read_records(["-"], field=field, fmt=input_format), "asking", output=output)
     answerer = None if retrieve_only else _Answerer(llm, device, max_new_tokens, temperature)
     with RecordWriter(output) if not text_out else _NoWriter() as out:
-        for _, rec in records:
+        for where, rec in records:
+            if not rec[field].strip():  # would retrieve arbitrary chunks and ask the model about nothing
+                if question is not None:
+                    raise UsageError("the question is empty", hint="ask something")
+                raise DataError("the question is empty", where=where, hint="ask something, or drop the line")
             hits = retrieval.retrieve(idx, encoder, rec[field], k=k, mode=mode, candidates=candidates)
             answer = answerer(rec[field], hits) if answerer else None
             result = {**rec, **retrieval.answer_record(rec[field], hits, answer)}
@@ -287,7 +314,8 @@ def _print_text(result: dict[str, Any], answered: bool) -> None:
         print()
         print("Sources:")
     for c in result["chunks"]:
-        print(f"[{c['n']}] {for_terminal(c['path'])}:{c['start']}-{c['end']}  (score {c['score']:.4f})")
+        path = for_terminal(c["path"]).replace("\n", "\\n").replace("\t", "\\t")  # one line per source
+        print(f"[{c['n']}] {path}:{c['start']}-{c['end']}  (score {c['score']:.4f})")
         if not answered:
             snippet = " ".join(c["text"].split())
             print(f"    {for_terminal(snippet[:300])}")
