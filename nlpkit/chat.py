@@ -147,12 +147,16 @@ class ChatModel:
         from nlpkit.convert import resolve_model
 
         folder = resolve_model(spec)
+        if not (folder / "config.json").is_file():
+            raise UsageError(
+                f"{spec} is not a language model", hint="chat needs a model such as smollm2-135m-instruct"
+            )
         template = ChatTemplate.from_folder(folder)
         if template is None:
             raise UsageError(
                 "the model has no chat template",
                 where=str(folder),
-                hint="use `nlpkit generate` for plain completion",
+                hint="complete plain text with `nlpkit generate MODEL` (without --chat)",
             )
         return cls(Generator.load(folder, device, dtype), template)
 
@@ -234,6 +238,7 @@ def chat_records(
                 raise DataError(
                     f"the conversation does not fit the model's {chat.gen.cfg.block_size}-token window",
                     where=where,
+                    hint="shorten it or drop its oldest turns",
                 )
             yield record, messages, s.for_record(i)
 

@@ -248,6 +248,8 @@ def resolve_model(spec: str) -> Path:
     if path.is_file():
         with open(path, "rb") as f:
             if f.read(4) != b"GGUF":
+                if path.suffix.lower() == ".gguf":
+                    raise DataError("not a GGUF file (no GGUF magic)", where=spec)
                 raise UsageError(
                     "not a model folder or a GGUF file",
                     where=spec,
@@ -298,6 +300,8 @@ def export_hf(model: str, out: str | os.PathLike[str]) -> Path:
     from nlpkit.formats import load_tensors, save_tensors
 
     src = resolve_model(model)
+    if not (src / "config.json").is_file():
+        raise UsageError(f"{model} is not a language model (no config.json)", where=str(src))
     cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
     if cfg.get("model_type") != "llama":
         raise UsageError(
@@ -305,6 +309,8 @@ def export_hf(model: str, out: str | os.PathLike[str]) -> Path:
             where=str(src),
         )
     dest = Path(out)
+    if dest.exists() and not dest.is_dir():
+        raise UsageError("the output exists and is not a folder", where=str(dest), hint="give a new folder")
     if dest.exists() and any(dest.iterdir()):
         raise UsageError("the output folder is not empty", where=str(dest), hint="give a new or empty folder")
     dest.mkdir(parents=True, exist_ok=True)

@@ -483,6 +483,16 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise InputMissing("no such folder", where=str(folder), hint="create it first")
+    if target.exists() and not target.is_file() and not target.is_dir():
+        # /dev/null, a FIFO, a terminal: write to it; renaming over it would replace the device
+        try:
+            with open(target, mode) as dev:
+                yield dev
+        except OSError as e:
+            if isinstance(e, BrokenPipeError):
+                raise
+            raise IOFailure(f"cannot write ({e.strerror})", where=str(target)) from None
+        return
     tmp = folder / f".{target.name}.tmp-{os.getpid()}"
     try:
         f = open(tmp, mode)  # noqa: SIM115 - closed below

@@ -47,6 +47,12 @@ class Sampling:
         return Sampling(**{**self.__dict__, "seed": None if self.seed is None else self.seed + i})
 
     def __post_init__(self) -> None:
+        import math
+
+        if not math.isfinite(self.temperature) or not math.isfinite(self.top_p):
+            raise UsageError("--temperature and --top-p must be finite numbers")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**63:
+            raise UsageError("--seed must fit in 64 bits")
         if self.max_new_tokens < 0 or self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
             raise UsageError(
                 "--max-new-tokens, --temperature and --top-k must not be negative, --top-p in (0, 1]"

@@ -330,3 +330,64 @@ def test_interactive_chat_on_a_terminal(tiny_chat) -> None:  # type: ignore[no-u
     finally:
         proc.kill()
         os.close(primary)
+
+
+def test_review_edge_cases(runner, tiny_chat, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Bad numbers are usage errors; a .gguf that is not GGUF is bad data; export refuses a
+    file as its folder and a model that is not a language model."""
+    model = str(tiny_chat[0] / "model")
+    for flags in (["--temperature", "nan"], ["--top-p", "inf"], ["--seed", str(2**70)]):
+        r = runner.invoke(app, ["chat", model, *flags], input="hi\n")
+        assert r.exit_code == 2, (flags, r.stderr)
+    (tmp_path / "fake.gguf").write_text("hello\n")
+    for args in (
+        ["convert", str(tmp_path / "fake.gguf"), "-o", str(tmp_path / "d")],
+        ["chat", str(tmp_path / "fake.gguf")],
+    ):
+        r = runner.invoke(app, args, input="hi\n")
+        assert r.exit_code == 65 and "not a GGUF file" in r.stderr, r.stderr
+    (tmp_path / "afile").write_text("x")
+    r = runner.invoke(app, ["export", model, "--to", "hf", str(tmp_path / "afile")])
+    assert r.exit_code == 2 and "not a folder" in r.stderr
+    (tmp_path / "notlm").mkdir()
+    r = runner.invoke(app, ["export", str(tmp_path / "notlm"), "--to", "hf", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "not a language model" in r.stderr
+
+
+def test_a_pipe_is_answered_line_by_line(tiny_chat) -> None:  # type: ignore[no-untyped-def]
+    """--batch-size 0 (the default) answers a pipe as each line arrives: a program that writes
+    one prompt and waits for the answer is not left waiting for a batch to fill."""
+    import os
+    import subprocess
+    import sys
+
+    model = str(tiny_chat[0] / "model")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nlpkit", "chat", model, "-n", "3", "--temperature", "0"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=dict(os.environ),
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"hello\n")
+    proc.stdin.flush()
+    first = proc.stdout.readline()  # would block forever with batches of 8
+    assert json.loads(first)["text"] == "hello"
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 0
+
+
+def test_output_to_a_device_writes_to_it(tmp_path: Path) -> None:
+    """-o /dev/null (or any device or FIFO) is written to, never renamed over."""
+    import os
+
+    target = tmp_path / "fifo"
+    os.mkfifo(target)
+    import threading
+
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(target.read_bytes()))
+    reader.start()
+    from nlpkit.formats import write_bytes_atomic
+
+    write_bytes_atomic(target, b"data\n")
+    reader.join(timeout=10)
+    assert got == [b"data\n"] and target.exists() and not target.is_file()

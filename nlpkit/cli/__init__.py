@@ -30,6 +30,16 @@ class _Root(TyperGroup):
             sys.stdout.flush()
             print(f"nlpkit: error: {e}", file=sys.stderr, flush=True)
             raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # a full disk or a failing device under stdout: 74, one line
+            import errno
+
+            if e.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG) or os.environ.get(
+                "NLPKIT_DEBUG", ""
+            ) not in ("", "0"):
+                raise
+            where = e.filename or "<stdout>"
+            print(f"nlpkit: error: {where}: cannot write ({e.strerror})", file=sys.stderr, flush=True)
+            raise typer.Exit(74) from None
 
 
 app = typer.Typer(

@@ -10,6 +10,7 @@ from nlpkit.cli import app
 from nlpkit.cli.options import (
     Device,
     DType,
+    GenBatch,
     InputFormat,
     Inputs,
     MaxNewTokens,
@@ -18,6 +19,7 @@ from nlpkit.cli.options import (
     Stop,
     Temperature,
     TopP,
+    generation_batch,
 )
 from nlpkit.errors import UsageError
 
@@ -45,9 +47,7 @@ def chat_cmd(
     top_p: TopP = 0.9,
     stop: Stop = None,
     seed: Seed = None,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Conversations generated together in a pipe.")
-    ] = 8,
+    batch_size: GenBatch = 0,
     device: Device = "auto",
     dtype: DType = "auto",
     input_format: InputFormat = "auto",
@@ -77,7 +77,7 @@ def chat_cmd(
         return
     records = read_records(list(inputs or ["-"]), field="text", fmt=input_format, required=False)
     with RecordWriter("-", flush_every=1) as out:
-        out.write_all(chat_records(bot, records, s, system, batch_size))
+        out.write_all(chat_records(bot, records, s, system, generation_batch(batch_size, inputs)))
 
 
 def _interactive(bot: Any, s: Any, system: str | None) -> None:

@@ -9,6 +9,7 @@ import typer
 from nlpkit.cli import app
 from nlpkit.cli.options import (
     DType,
+    GenBatch,
     InputFormat,
     Inputs,
     MaxNewTokens,
@@ -21,6 +22,7 @@ from nlpkit.cli.options import (
     TokenizerSpec,
     TopP,
     Wait,
+    generation_batch,
     inputs_or_stdin,
     wants_text,
 )
@@ -317,9 +319,7 @@ def generate_cmd(
     system: Annotated[
         str | None, typer.Option("--system", help="With --chat: a system prompt.", show_default=False)
     ] = None,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Records generated together in a pipe.")
-    ] = 8,
+    batch_size: GenBatch = 0,
     field: Annotated[str | None, typer.Option("--field", help="Record field holding the prompt.")] = None,
     device: Device = "auto",
     dtype: DType = "auto",
@@ -365,12 +365,12 @@ def generate_cmd(
             stream: Any = (
                 {k: v for k, v in r.items() if k != "reply" and (k != "text" or field == "text")}
                 | {"completion": r["reply"]}
-                for r in chat_records(bot, renamed, s, system, batch_size)
+                for r in chat_records(bot, renamed, s, system, generation_batch(batch_size, inputs))
             )
         else:
             from nlpkit.generate import generate_records
 
-            stream = generate_records(gen, records, s, field, batch_size)
+            stream = generate_records(gen, records, s, field, generation_batch(batch_size, inputs))
         with RecordWriter("-", flush_every=1) as out:
             out.write_all(stream)
         return

@@ -368,7 +368,8 @@ def convert_cmd(
     from nlpkit.vectors import load_vectors, save_as
 
     set_quiet(quiet)
-    if source_format == "gguf" or (source_format == "auto" and _is_gguf(Path(source))):
+    gguf = _is_gguf(Path(source)) or source.lower().endswith(".gguf")
+    if source_format == "gguf" or (source_format == "auto" and gguf):
         from nlpkit.cli.chat import convert_gguf
 
         if to not in ("auto", "nlpkit"):
