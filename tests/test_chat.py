@@ -355,7 +355,7 @@ def test_review_edge_cases(runner, tiny_chat, tmp_path: Path) -> None:  # type: 
 
 
 def test_a_pipe_is_answered_line_by_line(tiny_chat) -> None:  # type: ignore[no-untyped-def]
-    """--batch-size 0 (the default) answers a pipe as each line arrives: a program that writes
+    """The default (--batch-size 1) answers a pipe as each line arrives: a program that writes
     one prompt and waits for the answer is not left waiting for a batch to fill."""
     import os
     import subprocess

@@ -19,7 +19,6 @@ from nlpkit.cli.options import (
     Stop,
     Temperature,
     TopP,
-    generation_batch,
 )
 from nlpkit.errors import UsageError
 
@@ -47,7 +46,7 @@ def chat_cmd(
     top_p: TopP = 0.9,
     stop: Stop = None,
     seed: Seed = None,
-    batch_size: GenBatch = 0,
+    batch_size: GenBatch = 1,
     device: Device = "auto",
     dtype: DType = "auto",
     input_format: InputFormat = "auto",
@@ -77,7 +76,7 @@ def chat_cmd(
         return
     records = read_records(list(inputs or ["-"]), field="text", fmt=input_format, required=False)
     with RecordWriter("-", flush_every=1) as out:
-        out.write_all(chat_records(bot, records, s, system, generation_batch(batch_size, inputs)))
+        out.write_all(chat_records(bot, records, s, system, batch_size))
 
 
 def _interactive(bot: Any, s: Any, system: str | None) -> None:

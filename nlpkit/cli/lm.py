@@ -22,7 +22,6 @@ from nlpkit.cli.options import (
     TokenizerSpec,
     TopP,
     Wait,
-    generation_batch,
     inputs_or_stdin,
     wants_text,
 )
@@ -319,7 +318,7 @@ def generate_cmd(
     system: Annotated[
         str | None, typer.Option("--system", help="With --chat: a system prompt.", show_default=False)
     ] = None,
-    batch_size: GenBatch = 0,
+    batch_size: GenBatch = 1,
     field: Annotated[str | None, typer.Option("--field", help="Record field holding the prompt.")] = None,
     device: Device = "auto",
     dtype: DType = "auto",
@@ -365,12 +364,12 @@ def generate_cmd(
             stream: Any = (
                 {k: v for k, v in r.items() if k != "reply" and (k != "text" or field == "text")}
                 | {"completion": r["reply"]}
-                for r in chat_records(bot, renamed, s, system, generation_batch(batch_size, inputs))
+                for r in chat_records(bot, renamed, s, system, batch_size)
             )
         else:
             from nlpkit.generate import generate_records
 
-            stream = generate_records(gen, records, s, field, generation_batch(batch_size, inputs))
+            stream = generate_records(gen, records, s, field, batch_size)
         with RecordWriter("-", flush_every=1) as out:
             out.write_all(stream)
         return

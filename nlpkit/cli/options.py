@@ -94,31 +94,11 @@ GenBatch = Annotated[
     int,
     typer.Option(
         "--batch-size",
-        min=0,
-        help="Records generated together; 0: 8 when reading files, 1 when reading a pipe "
-        "(so a program waiting for each answer gets it at once).",
+        min=1,
+        help="Records generated together (faster; a pipe then waits for that many lines, and "
+        "sampled text may differ slightly from one at a time, as the arithmetic does).",
     ),
 ]
-
-
-def generation_batch(batch_size: int, inputs: list[str] | None) -> int:
-    """Resolve --batch-size 0: batch files, answer a pipe or a terminal line by line."""
-    import os
-    import stat
-    import sys
-
-    if batch_size:
-        return batch_size
-    if inputs and STDIO_NAME not in inputs:
-        return 8
-    try:
-        regular = stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode)
-    except (OSError, ValueError):  # no real stdin (a test runner's)
-        regular = True
-    return 8 if regular else 1
-
-
-STDIO_NAME = "-"
 
 
 def inputs_or_stdin(inputs: list[str] | None) -> list[str]:
