@@ -391,3 +391,12 @@ def test_output_to_a_device_writes_to_it(tmp_path: Path) -> None:
     write_bytes_atomic(target, b"data\n")
     reader.join(timeout=10)
     assert got == [b"data\n"] and target.exists() and not target.is_file()
+
+
+def test_chat_and_generate_write_records_to_a_file(runner, tiny_chat, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = str(tiny_chat[0] / "model")
+    r = runner.invoke(app, ["chat", model, "-n", "3", "-o", str(tmp_path / "c.jsonl")], input="hi\nthere\n")
+    assert r.exit_code == 0 and r.stdout == ""
+    assert [json.loads(x)["text"] for x in (tmp_path / "c.jsonl").read_text().splitlines()] == ["hi", "there"]
+    r = runner.invoke(app, ["generate", model, "x", "-n", "3", "-f", "text", "-o", str(tmp_path / "g.jsonl")])
+    assert r.exit_code == 0 and "completion" in json.loads((tmp_path / "g.jsonl").read_text())

@@ -14,6 +14,7 @@ from nlpkit.cli.options import (
     InputFormat,
     Inputs,
     MaxNewTokens,
+    Output,
     Quiet,
     SampleTopK,
     Stop,
@@ -50,6 +51,7 @@ def chat_cmd(
     device: Device = "auto",
     dtype: DType = "auto",
     input_format: InputFormat = "auto",
+    output: Output = "-",
     quiet: Quiet = False,
 ) -> None:
     """Talk to an instruction-tuned model.
@@ -69,13 +71,13 @@ def chat_cmd(
 
     set_quiet(quiet)
     s = Sampling(max_new_tokens, temperature, top_k, top_p, list(stop or []), seed)
-    interactive = not inputs and sys.stdin.isatty()
+    interactive = not inputs and sys.stdin.isatty() and output == "-"
     bot = ChatModel.load(model, device, dtype)
     if interactive:
         _interactive(bot, s, system)
         return
     records = read_records(list(inputs or ["-"]), field="text", fmt=input_format, required=False)
-    with RecordWriter("-", flush_every=1) as out:
+    with RecordWriter(output, flush_every=1) as out:
         out.write_all(chat_records(bot, records, s, system, batch_size))
 
 

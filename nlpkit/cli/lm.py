@@ -14,6 +14,7 @@ from nlpkit.cli.options import (
     Inputs,
     MaxNewTokens,
     ModelSpec,
+    Output,
     OutputFormat,
     Quiet,
     SampleTopK,
@@ -324,6 +325,7 @@ def generate_cmd(
     dtype: DType = "auto",
     input_format: InputFormat = "auto",
     fmt: OutputFormat = "auto",
+    output: Output = "-",
     quiet: Quiet = False,
 ) -> None:
     """Complete prompts with a model: one you trained, a .gguf file, or a named model.
@@ -356,7 +358,7 @@ def generate_cmd(
         records: Any = ((f"<argument {i + 1}>", {field: p}) for i, p in enumerate(prompts))
     else:
         records = read_records(inputs_or_stdin(inputs), field=field, fmt=input_format)
-    if not wants_text(fmt):
+    if output != "-" or not wants_text(fmt):
         if chat:
             from nlpkit.chat import chat_records
 
@@ -370,7 +372,7 @@ def generate_cmd(
             from nlpkit.generate import generate_records
 
             stream = generate_records(gen, records, s, field, batch_size)
-        with RecordWriter("-", flush_every=1) as out:
+        with RecordWriter(output, flush_every=1) as out:
             out.write_all(stream)
         return
     for i, (_, record) in enumerate(records):
