@@ -48,6 +48,7 @@ app = typer.Typer(
     help="Unix-style NLP toolbox: word vectors, tokenizers, language models, RAG. "
     "Commands read text or JSONL on stdin (or FILE) and write JSONL on stdout.",
     no_args_is_help=True,
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
