@@ -539,14 +539,17 @@ def lock_for(output: str | os.PathLike[str], wait: bool = False) -> Iterator[Non
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise Locked(
-                f"locked by another nlpkit run (PID {holder})",
-                where=str(output),
-                hint="wait for it to finish, or pass --wait",
-            ) from None
+            if not wait:
+                raise Locked(
+                    f"locked by another nlpkit run (PID {holder})",
+                    where=str(output),
+                    hint="wait for it to finish, or pass --wait",
+                ) from None
+            say(f"{output}: waiting for another nlpkit run (PID {holder}) to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield

@@ -6,6 +6,7 @@ import json
 import os
 import struct
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -237,3 +238,20 @@ def test_lock_contention_names_the_holder(tmp_path) -> None:
         assert errors and f"PID {os.getpid()}" in str(errors[0]) and errors[0].exit_code == 75
     with formats.lock_for(out):  # released: free again
         pass
+
+
+def test_waiting_for_a_lock_says_so_then_takes_it(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "index"
+    got = threading.Event()
+
+    def second() -> None:
+        with formats.lock_for(out, wait=True):
+            got.set()
+
+    with formats.lock_for(out):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.3)
+        assert not got.is_set()  # still waiting while the first holds it
+    t.join(timeout=10)
+    assert got.is_set() and f"waiting for another nlpkit run (PID {os.getpid()})" in capsys.readouterr().err
