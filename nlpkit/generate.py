@@ -112,12 +112,13 @@ class Generator:
     @classmethod
     def load(cls, spec: str | Path, device: str = "auto", dtype: str = "auto") -> Generator:
         """A model folder, a ``.gguf`` file or a named model (converted once, see convert.py)."""
+        from nlpkit.train import import_torch, resolve_device
+
+        import_torch()  # first: a clean "install the torch extra" (69) before anything imports torch
         from nlpkit.convert import resolve_model
         from nlpkit.model import load_model
         from nlpkit.tokenizer import load
-        from nlpkit.train import import_torch, resolve_device
 
-        import_torch()
         folder = resolve_model(str(spec))
         device = resolve_device(device)
         model, cfg = load_model(folder, device)

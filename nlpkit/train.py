@@ -169,7 +169,7 @@ def import_torch() -> Any:
         import torch
     except ImportError:
         raise Unavailable(
-            "training needs PyTorch, which is not installed", hint="pip install 'nlpkit[torch]'"
+            "this command needs PyTorch, which is not installed", hint="pip install 'nlpkit[torch]'"
         ) from None
     return torch
 
