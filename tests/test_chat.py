@@ -400,3 +400,20 @@ def test_chat_and_generate_write_records_to_a_file(runner, tiny_chat, tmp_path: 
     assert [json.loads(x)["text"] for x in (tmp_path / "c.jsonl").read_text().splitlines()] == ["hi", "there"]
     r = runner.invoke(app, ["generate", model, "x", "-n", "3", "-f", "text", "-o", str(tmp_path / "g.jsonl")])
     assert r.exit_code == 0 and "completion" in json.loads((tmp_path / "g.jsonl").read_text())
+
+
+def test_without_torch_chat_says_what_to_install(tiny_chat) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None; from nlpkit.cli import main; sys.argv[0] = 'nlpkit'; main()"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "chat", str(tiny_chat[0] / "model")], input=b"hi\n", capture_output=True
+    )
+    assert (
+        proc.returncode == 69
+        and b"pip install 'nlpkit[torch]'" in proc.stderr
+        and b"Traceback" not in proc.stderr
+    )
