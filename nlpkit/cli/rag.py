@@ -244,6 +244,12 @@ def rag_ask_cmd(
     if question is not None:
         records: Any = iter([("<argument>", {field: question})])
     else:
+        import sys
+
+        if sys.stdin.isatty():
+            raise UsageError(
+                "no question", hint=f'ask one: nlpkit rag-ask {index} "How do I ...?" (or pipe questions in)'
+            )
         records = with_progress(read_records(["-"], field=field, fmt=input_format), "asking", output=output)
     answerer = None if retrieve_only else _Answerer(llm, device, max_new_tokens, temperature)
     with RecordWriter(output) if not text_out else _NoWriter() as out:
