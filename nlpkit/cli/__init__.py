@@ -30,6 +30,11 @@ class _Root(TyperGroup):
             sys.stdout.flush()
             print(f"nlpkit: error: {e}", file=sys.stderr, flush=True)
             raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:  # Ctrl-C: what was written is whole; say so in one line
+            if os.environ.get("NLPKIT_DEBUG", "") not in ("", "0"):
+                raise
+            print("\nnlpkit: interrupted", file=sys.stderr, flush=True)
+            raise typer.Exit(130) from None
         except OSError as e:  # a full disk or a failing device under stdout: 74, one line
             import errno
 
