@@ -214,6 +214,18 @@ def parse_record(line: str, where: str) -> Record:
     return value
 
 
+def _input_paths(paths: str | Sequence[str], fmt: str) -> list[str]:
+    """The inputs as a list, after checking ``--input-format`` (both readers share this)."""
+    if fmt not in ("auto", "text", "jsonl"):
+        raise UsageError(f"unknown input format {fmt!r}", hint="use auto, text or jsonl")
+    return [paths] if isinstance(paths, str) else list(paths)
+
+
+def _empty_input(paths: list[str]) -> DataError:
+    names = ", ".join(_name(p) for p in paths)
+    return DataError("empty input: no records", where=names, hint="give at least one line of text or JSONL")
+
+
 def read_records(
     paths: str | Sequence[str],
     *,
@@ -230,9 +242,7 @@ def read_records(
     is false), or ``auto`` (a line that starts with ``{`` is JSON). Blank lines are
     skipped. With no record at all and ``allow_empty`` false: a ``DataError``.
     """
-    if fmt not in ("auto", "text", "jsonl"):
-        raise UsageError(f"unknown input format {fmt!r}", hint="use auto, text or jsonl")
-    paths = [paths] if isinstance(paths, str) else list(paths)
+    paths = _input_paths(paths, fmt)
     count = 0
     for path in paths:
         for where, line in iter_lines(path):
@@ -248,10 +258,7 @@ def read_records(
             count += 1
             yield where, record
     if count == 0 and not allow_empty:
-        names = ", ".join(_name(p) for p in paths)
-        raise DataError(
-            "empty input: no records", where=names, hint="give at least one line of text or JSONL"
-        )
+        raise _empty_input(paths)
 
 
 class RecordBatch:
@@ -285,9 +292,7 @@ def read_record_batches(
     back), each block decoded and split at once, and ``FILE:LINE`` formatted only on error.
     A line longer than ``NLPKIT_MAX_LINE_BYTES`` is still refused before it is held whole.
     """
-    if fmt not in ("auto", "text", "jsonl"):
-        raise UsageError(f"unknown input format {fmt!r}", hint="use auto, text or jsonl")
-    paths = [paths] if isinstance(paths, str) else list(paths)
+    paths = _input_paths(paths, fmt)
     count = 0
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
     for path in paths:
@@ -325,10 +330,7 @@ def read_record_batches(
             count += len(batch.records)
             yield batch
     if count == 0 and not allow_empty:
-        names = ", ".join(_name(p) for p in paths)
-        raise DataError(
-            "empty input: no records", where=names, hint="give at least one line of text or JSONL"
-        )
+        raise _empty_input(paths)
 
 
 _MISSING = object()
