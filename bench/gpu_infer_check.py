@@ -1,0 +1,92 @@
+"""GPU check for inference: SmolLM2 generation and MiniLM embeddings on CUDA, one short run.
+
+    python bench/gpu_infer_check.py            # needs the pulled models; ~1 minute
+
+* chat: prefill and decode tokens/s of nlpkit's Generator on ``cuda`` (float32 prompt, float16
+  decoder, the default) and with ``--dtype float32``, on the 188-token prompt of bench_chat.py,
+  plus the greedy reply to "What is the capital of France?" (it should name Paris);
+* embed: sentences/s of ``load_encoder(..., device="cuda")`` with the torch backend, and with
+  ONNX Runtime's CUDA provider when onnxruntime-gpu is installed (otherwise reported as absent),
+  and the cosine between the two.
+
+Without CUDA it prints ``gpu_infer_check: no CUDA`` and exits 0. The last line is
+``gpu_infer_check: key=value ...``; bench/results/gpu_infer.json gets the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+
+def main() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu_infer_check: no CUDA")
+        return
+    from bench.bench_chat import LONG
+    from nlpkit.chat import ChatModel
+    from nlpkit.generate import Generator, Sampling
+
+    out: dict[str, object] = {"device": torch.cuda.get_device_name(0)}
+    bot = ChatModel.load("smollm2-135m-instruct", "cuda")
+    prompt = bot.prompt_ids([{"role": "user", "content": LONG}])
+    for name, gen in (
+        ("auto", bot.gen),
+        ("float32", Generator(bot.gen.model, bot.gen.cfg, bot.gen.tok, "cuda", "float32")),
+    ):
+        with torch.inference_mode():
+            for _rep in range(2):  # the first is a warm-up
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                logits, cache = gen.prefill([prompt], 64)
+                torch.cuda.synchronize()
+                t1 = time.perf_counter()
+                token = int(logits[0].argmax())
+                for _ in range(64):
+                    token = int(gen.step([token], cache)[0].argmax())
+                torch.cuda.synchronize()
+                t2 = time.perf_counter()
+        out[f"chat_{name}"] = {"prefill_tok_s": len(prompt) / (t1 - t0), "decode_tok_s": 64 / (t2 - t1)}
+    out["reply"] = bot.reply(
+        [{"role": "user", "content": "What is the capital of France?"}], Sampling(40, 0.0)
+    )
+
+    import numpy as np
+
+    from nlpkit.encoder import load_encoder
+
+    texts = [f"Sentence number {i} about the Python standard library and its modules." for i in range(2000)]
+    results = {}
+    for backend in ("torch", "onnx"):
+        try:
+            enc = load_encoder("minilm-l6-v2", backend=backend, device="cuda")
+        except Exception as e:  # onnxruntime-gpu absent: report it
+            out[f"embed_{backend}"] = f"unavailable ({str(e)[:120]})"
+            continue
+        enc.encode(texts[:64])
+        t0 = time.perf_counter()
+        results[backend] = enc.encode(texts, batch_size=64)
+        out[f"embed_{backend}_sent_s"] = len(texts) / (time.perf_counter() - t0)
+    if len(results) == 2:
+        out["embed_min_cosine"] = float(np.min(np.sum(results["torch"] * results["onnx"], axis=1)))
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "gpu_infer.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+    flat = {k: v for k, v in out.items() if isinstance(v, int | float)}
+    chat = out["chat_auto"]
+    assert isinstance(chat, dict)
+    print(
+        "gpu_infer_check: "
+        + " ".join([f"decode_tok_s={chat['decode_tok_s']:.0f}"] + [f"{k}={v:.1f}" for k, v in flat.items()])
+    )
+
+
+if __name__ == "__main__":
+    main()
