@@ -17,6 +17,9 @@ every ``eval_interval`` steps -> checkpoints. What it promises:
 * under ``torchrun`` it trains with DDP (gloo on CPU, nccl on CUDA): each process takes its
   slice of every global batch, so N processes equal one process on the combined batch; only
   rank 0 writes.
+
+The data are read and batched by corpus.py; processes, stop signals and checkpoints are in
+checkpoint.py.
 """
 
 from __future__ import annotations
@@ -29,13 +32,23 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nlpkit.checkpoint import (
+    Dist,
+    RunState,
+    StopFlag,
+    distributed,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+    truncate_log,
+)
 from nlpkit.corpus import (
     Dataset,
     PairSet,
@@ -47,14 +60,12 @@ from nlpkit.corpus import (
     special_ids,
     split_data,
 )
-from nlpkit.errors import DataError, InputMissing, Interrupted, Stopped, Unavailable, UsageError
+from nlpkit.errors import DataError, Interrupted, Stopped, Unavailable, UsageError
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
     from nlpkit.model import ModelConfig
-
-KEEP_CHECKPOINTS = 2
 
 # Presets: model and training fields together; explicit flags override them. "small" is the
 # CPU benchmark (a few minutes on 2 cores), "medium" nanoGPT's shakespeare-char GPT, "large"
@@ -160,7 +171,7 @@ def resolve_configs(
     return model | {"arch": arch}, TrainConfig(**{k: v for k, v in merged.items() if k in train_names})
 
 
-# --------------------------------------------------------------------------- devices and processes
+# --------------------------------------------------------------------------- devices
 
 
 def import_torch() -> Any:
@@ -185,171 +196,6 @@ def resolve_device(name: str) -> str:
             "--device cuda was asked for but CUDA is not available", hint="use --device cpu or auto"
         )
     return name
-
-
-@dataclass
-class Dist:
-    """This process's place in a torchrun job (rank 0 of 1 without one)."""
-
-    rank: int = 0
-    world: int = 1
-    device: str = "cpu"
-
-    def all_max(self, values: list[float]) -> list[float]:
-        """The element-wise maximum over all processes (stop flags, elapsed time)."""
-        if self.world == 1:
-            return values
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return t.tolist()
-
-    def all_mean(self, value: float) -> float:
-        if self.world == 1:
-            return value
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return float(t.item()) / self.world
-
-
-@contextlib.contextmanager
-def distributed(device: str) -> Iterator[Dist]:
-    """Join the torchrun job described by the environment (WORLD_SIZE, RANK, LOCAL_RANK)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        yield Dist(device=device)
-        return
-    import torch
-    import torch.distributed as dist
-
-    if device.startswith("cuda"):
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    try:
-        yield Dist(dist.get_rank(), dist.get_world_size(), device)
-    finally:
-        dist.destroy_process_group()
-
-
-class StopFlag:
-    """SIGTERM or a first Ctrl-C set ``signum``; the loop checkpoints and stops at the next step.
-    A second Ctrl-C interrupts at once."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopFlag:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and self.signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-@dataclass
-class RunState:
-    """Where a run is: everything besides weights and optimizer that a resume needs."""
-
-    step: int = 0
-    epoch: int = 0
-    cursor: int = 0  # the next item of the epoch's order
-    tokens: int = 0  # training tokens seen, all processes
-    elapsed: float = 0.0  # seconds of training (evaluations included), over every resumed run
-    train_time: float = 0.0  # seconds in training steps alone (for tokens/s)
-
-
-def _rng_state() -> dict[str, Any]:
-    import torch
-
-    kind, keys, pos, has_gauss, cached = cast(tuple[Any, ...], np.random.get_state())
-    state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
-             "torch": torch.get_rng_state()}  # fmt: skip
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import torch
-
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(out: Path, run: Run, d: Dist) -> None:
-    """checkpoints/step-N.pt (written atomically), then the ``latest`` pointer, then
-    model.safetensors; older checkpoints beyond the last KEEP_CHECKPOINTS are removed."""
-    import torch
-
-    rngs = [_rng_state()]
-    if d.world > 1:
-        import torch.distributed as dist
-
-        rngs = [{} for _ in range(d.world)]
-        dist.all_gather_object(rngs, _rng_state())
-    if d.rank == 0:
-        from nlpkit.formats import atomic_open, write_bytes_atomic
-        from nlpkit.model import save_model
-
-        folder = out / "checkpoints"
-        folder.mkdir(exist_ok=True)
-        name = f"step-{run.state.step:08d}.pt"
-        blob = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "rng": rngs,
-                "state": asdict(run.state), "model_config": asdict(run.model_cfg),
-                "train_config": asdict(run.cfg), "data_sha256": run.data_sha256}  # fmt: skip
-        with atomic_open(folder / name) as f:
-            torch.save(blob, f)
-        write_bytes_atomic(folder / "latest", f"{name}\n".encode())
-        for old in sorted(folder.glob("step-*.pt"))[:-KEEP_CHECKPOINTS]:
-            old.unlink()
-        save_model(run.model, run.model_cfg, out, {"nlpkit.step": str(run.state.step)})
-    if d.world > 1:
-        torch.distributed.barrier()
-
-
-def load_checkpoint(out: Path) -> dict[str, Any]:
-    """The checkpoint ``latest`` names (our own files only, loaded with weights_only=True)."""
-    import torch
-
-    pointer = out / "checkpoints" / "latest"
-    if not pointer.is_file():
-        raise InputMissing(
-            "no checkpoint to resume from", where=str(out), hint="train without --resume first"
-        )
-    name = pointer.read_text().strip()
-    if not name.startswith("step-") or "/" in name or not (out / "checkpoints" / name).is_file():
-        raise DataError(f"checkpoints/latest names no checkpoint ({name[:40]!r})", where=str(pointer))
-    try:
-        return torch.load(out / "checkpoints" / name, map_location="cpu", weights_only=True)  # type: ignore[no-any-return,unused-ignore]
-    except Exception as e:  # a truncated or foreign file: torch raises many kinds
-        raise DataError(
-            f"unreadable checkpoint ({str(e)[:200]})", where=str(out / "checkpoints" / name)
-        ) from None
 
 
 # --------------------------------------------------------------------------- the loop
@@ -478,9 +324,9 @@ def _resumed_run(
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.state = RunState(**ckpt["state"])
-    _set_rng_state(ckpt["rng"][d.rank] if d.rank < len(ckpt["rng"]) else ckpt["rng"][0])
+    set_rng_state(ckpt["rng"][d.rank] if d.rank < len(ckpt["rng"]) else ckpt["rng"][0])
     if d.rank == 0:
-        _truncate_log(out / "train.jsonl", run.state.step)
+        truncate_log(out / "train.jsonl", run.state.step)
     return run
 
 
@@ -504,17 +350,6 @@ def _make_run(model_cfg: ModelConfig, cfg: TrainConfig, data: Any, d: Dist) -> R
     # fused AdamW: one kernel for all parameters, on the CPU as on CUDA (torch >= 2.4)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
     return Run(model, model_cfg, cfg, optimizer, train_data, val_data, RunState(), _digest(data), d.device)
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop metrics logged after the checkpoint (a run killed later logged steps it will redo)."""
-    from nlpkit.formats import write_bytes_atomic
-
-    if path.is_file():
-        lines = path.read_bytes().splitlines(keepends=True)
-        write_bytes_atomic(
-            path, b"".join(x for x in lines if x.strip() and json.loads(x).get("step", 0) <= step)
-        )
 
 
 def fit(run: Run, out: Path, d: Dist) -> dict[str, Any]:

@@ -17,11 +17,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from nlpkit.checkpoint import load_checkpoint  # noqa: E402
 from nlpkit.cli import app  # noqa: E402
 from nlpkit.corpus import TokenStream, char_tokenizer, encode_stream, read_texts  # noqa: E402
 from nlpkit.errors import DataError, InputMissing, UsageError  # noqa: E402
 from nlpkit.formats import load_tensors  # noqa: E402
-from nlpkit.train import TrainConfig, eval_model, load_checkpoint, resolve_configs, train  # noqa: E402
+from nlpkit.train import TrainConfig, eval_model, resolve_configs, train  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 SONNETS = str(DATA / "sonnets-tiny.txt")

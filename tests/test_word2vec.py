@@ -15,6 +15,7 @@ import pytest
 from nlpkit import word2vec as w2v
 from nlpkit.cli import app
 from nlpkit.errors import DataError, UsageError
+from nlpkit.word2vec_trainer import GROUP, Trainer
 
 from .conftest import run_cli
 
@@ -116,7 +117,7 @@ def test_batch_updates_equal_autograd_gradients(arch: str) -> None:
                         np.repeat(np.arange(20), 10).astype(np.int32), n)  # fmt: skip
     cfg = w2v.Word2VecConfig(arch=arch, vector_size=d, window=3, negative=4, min_count=1, sample=0,
                              batch_words=64, threads=1)  # fmt: skip
-    tr = w2v._Trainer(torch, corpus, cfg, "cpu")
+    tr = Trainer(torch, corpus, cfg, "cpu")
     tr.syn0, tr.syn1 = torch.randn(V, d, dtype=torch.float64), torch.randn(V, d, dtype=torch.float64)
     syn0, syn1 = tr.syn0.clone().requires_grad_(), tr.syn1.clone().requires_grad_()
     tr.syn0s, tr.syn1s = [tr.syn0], [tr.syn1]
@@ -126,7 +127,7 @@ def test_batch_updates_equal_autograd_gradients(arch: str) -> None:
     tr._apply(tr._compute(span, 0, 1.0, True))
     # the same noise draws, then the loss of batch 0 written the slow, obvious way
     tr.gen.set_state(state)
-    B, W, G, P = tr.B, cfg.window, w2v.GROUP, tr.pool
+    B, W, G, P = tr.B, cfg.window, GROUP, tr.pool
     noise = tr._noise(B // G).long()
     sent = corpus.sentence
     ctx = torch.zeros(B, 2 * W + 1, dtype=torch.long)  # context word ids (0 where none)
