@@ -105,7 +105,7 @@ class Generator:
 
             import torch
 
-            from nlpkit.model import fuse_projections, half_matrices
+            from nlpkit.decoding import fuse_projections, half_matrices
 
             self.decoder = fuse_projections(half_matrices(copy.deepcopy(model), getattr(torch, self.dtype)))
 
