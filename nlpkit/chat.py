@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nlpkit.errors import DataError, UsageError
-from nlpkit.generate import Generator, Sampling, batches
+from nlpkit.generate import Generator, Sampling, batches, cut_at_stop
 
 ROLES = ("system", "user", "assistant")
 Message = dict[str, str]
@@ -176,40 +176,15 @@ class ChatModel:
 
     def stream(self, messages: Sequence[Message], s: Sampling) -> Iterator[str]:
         """The reply as text pieces, as they are generated."""
-        tok = self.gen.tok
-        new: list[int] = []
-        done = 0
-        for token in self.gen.tokens_from_ids(self.prompt_ids(messages), s):
-            new.append(token)
-            text = tok.decode(new)
-            if text.endswith("\ufffd"):
-                continue
-            cut = _stop_at(text, s.stop)
-            if cut is not None:
-                yield text[done:cut]
-                return
-            if len(text) > done:
-                yield text[done:]
-                done = len(text)
+        return self.gen.pieces(self.gen.tokens_from_ids(self.prompt_ids(messages), s), [], s.stop)
 
     def reply(self, messages: Sequence[Message], s: Sampling) -> str:
         return "".join(self.stream(messages, s))
 
-    def replies(self, conversations: Sequence[Sequence[Message]], samplings: Sequence[Sampling]) -> list[str]:
-        """Replies to several conversations, generated as one batch."""
-        rows = [self.prompt_ids(c) for c in conversations]
-        outs = self.gen.batch(rows, list(samplings))
-        texts = []
-        for new, s in zip(outs, samplings, strict=True):
-            text = self.gen.tok.decode(new)
-            cut = _stop_at(text, s.stop)
-            texts.append(text if cut is None else text[:cut])
-        return texts
-
-
-def _stop_at(text: str, stops: list[str]) -> int | None:
-    hits = [i for i in (text.find(x) for x in stops) if i >= 0]
-    return min(hits) if hits else None
+    def replies(self, rows: Sequence[list[int]], samplings: Sequence[Sampling]) -> list[str]:
+        """Replies to several encoded conversations (``encode_chat``), generated as one batch."""
+        outs = self.gen.batch(list(rows), list(samplings))
+        return [cut_at_stop(self.gen.tok.decode(new), s.stop) for new, s in zip(outs, samplings, strict=True)]
 
 
 def chat_records(
@@ -222,7 +197,7 @@ def chat_records(
     """One reply per record: ``{"messages": [...]}`` (or a plain "text" line, one user turn) in,
     the same record plus "reply" out, in input order. Record i is drawn with seed + i."""
 
-    def conversations() -> Iterator[tuple[dict[str, Any], list[Message], Sampling]]:
+    def conversations() -> Iterator[tuple[dict[str, Any], list[int], Sampling]]:
         for i, (where, record) in enumerate(records):
             if "messages" in record:
                 messages = check_messages(record["messages"], where)
@@ -234,21 +209,23 @@ def chat_records(
                 )
             if system is not None and messages[0]["role"] != "system":
                 messages = [{"role": "system", "content": system}, *messages]
-            if chat.room(messages) <= 0:
+            ids = encode_chat(chat.gen.tok, chat.template, messages)
+            if len(ids) >= chat.gen.cfg.block_size:
                 raise DataError(
                     f"the conversation does not fit the model's {chat.gen.cfg.block_size}-token window",
                     where=where,
                     hint="shorten it or drop its oldest turns",
                 )
-            yield record, messages, s.for_record(i)
+            yield record, ids, s.for_record(i)
 
     for group in batches(conversations(), batch_size):
         yield from _flush(chat, group)
 
 
-def _flush(
-    chat: ChatModel, pending: list[tuple[dict[str, Any], list[Message], Sampling]]
-) -> Iterator[dict[str, Any]]:
-    replies = chat.replies([m for _, m, _ in pending], [s for _, _, s in pending])
+Pending = list[tuple[dict[str, Any], list[int], Sampling]]  # (record, prompt ids, sampling)
+
+
+def _flush(chat: ChatModel, pending: Pending) -> Iterator[dict[str, Any]]:
+    replies = chat.replies([ids for _, ids, _ in pending], [s for _, _, s in pending])
     for (record, _, _), reply in zip(pending, replies, strict=True):
         yield record | {"reply": reply}

@@ -246,15 +246,16 @@ def resolve_model(spec: str) -> Path:
             return folder
         return _converted(ggufs[0], folder / "model")
     if path.is_file():
-        with open(path, "rb") as f:
-            if f.read(4) != b"GGUF":
-                if path.suffix.lower() == ".gguf":
-                    raise DataError("not a GGUF file (no GGUF magic)", where=spec)
-                raise UsageError(
-                    "not a model folder or a GGUF file",
-                    where=spec,
-                    hint="give a model folder, a .gguf file or a named model",
-                )
+        from nlpkit.gguf import is_gguf
+
+        if not is_gguf(path):
+            if path.suffix.lower() == ".gguf":
+                raise DataError("not a GGUF file (no GGUF magic)", where=spec)
+            raise UsageError(
+                "not a model folder or a GGUF file",
+                where=spec,
+                hint="give a model folder, a .gguf file or a named model",
+            )
         from nlpkit.formats import sha256_file
         from nlpkit.store import home
 

@@ -234,19 +234,25 @@ class Generator:
     def stream(self, prompt: str, s: Sampling) -> Iterator[str]:
         """The completion as text pieces, ending before the first stop string."""
         base_ids = [] if self.cfg.arch == "seq2seq" else self.tok.encode(prompt, add_special_tokens=False).ids
+        return self.pieces(self.tokens(prompt, s), base_ids, s.stop)
+
+    def pieces(self, tokens: Iterator[int], base_ids: list[int], stops: list[str]) -> Iterator[str]:
+        """Text pieces of generated ``tokens`` (decoded after ``base_ids``, the prompt), ending
+        before the first stop string; a piece that ends inside a multi-byte character, or could
+        be the start of a stop string, is held back until it is complete."""
         base = self.tok.decode(base_ids)
         new: list[int] = []
         done = 0  # characters of the completion already yielded
-        for token in self.tokens(prompt, s):
+        for token in tokens:
             new.append(token)
             text = self._completion(base_ids, base, new)
             if text.endswith("\ufffd"):  # inside a multi-byte character
                 continue
-            hit = min((i for i in (text.find(x) for x in s.stop) if i >= 0), default=-1)
+            hit = min((i for i in (text.find(x) for x in stops) if i >= 0), default=-1)
             if hit >= 0:
                 yield text[done:hit]
                 return
-            safe = len(text) - _held_back(text, s.stop)
+            safe = len(text) - _held_back(text, stops)
             if safe > done:
                 yield text[done:safe]
                 done = safe
@@ -331,5 +337,10 @@ def _complete_batch(
     outs = gen.batch([gen.fit_ids(list(b)) for b in bases], [s for _, _, s in pending])
     for (record, _, s), base_ids, new in zip(pending, bases, outs, strict=True):
         text = gen._completion(base_ids, gen.tok.decode(base_ids), new)
-        hits = [i for i in (text.find(x) for x in s.stop) if i >= 0]
-        yield record | {"completion": text[: min(hits)] if hits else text}
+        yield record | {"completion": cut_at_stop(text, s.stop)}
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    """``text`` up to the first of ``stops`` (all of it when none occurs)."""
+    hits = [i for i in (text.find(x) for x in stops) if i >= 0]
+    return text[: min(hits)] if hits else text

@@ -184,6 +184,15 @@ class GGUFFile:
         return dequantize(self.raw(name), info.ggml_type, info.shape)
 
 
+def is_gguf(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a readable file that starts with the GGUF magic."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == MAGIC
+    except OSError:
+        return False
+
+
 def read_metadata(path: str | os.PathLike[str]) -> GGUFMetadata:
     """Read the header and every key/value of a GGUF file; ``DataError`` if malformed."""
     name, data = _open(path)

@@ -39,7 +39,9 @@ def load(spec: str) -> Tokenizer:
     if path.is_dir():
         return _load_folder(path)
     if path.is_file():
-        return from_gguf(path) if _is_gguf(path) else _load_json(path)
+        from nlpkit.gguf import is_gguf
+
+        return from_gguf(path) if is_gguf(path) else _load_json(path)
     from nlpkit.store import asset_dir, is_asset_name
 
     if is_asset_name(spec):
@@ -49,11 +51,6 @@ def load(spec: str) -> Tokenizer:
         where=spec,
         hint="give a tokenizer.json, a model folder, a .gguf file, or a named asset (nlpkit models list)",
     )
-
-
-def _is_gguf(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"GGUF"
 
 
 def _load_folder(folder: Path) -> Tokenizer:

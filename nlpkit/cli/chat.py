@@ -14,6 +14,7 @@ from nlpkit.cli.options import (
     InputFormat,
     Inputs,
     MaxNewTokens,
+    MaybeSeed,
     Output,
     Quiet,
     SampleTopK,
@@ -24,9 +25,6 @@ from nlpkit.cli.options import (
 from nlpkit.errors import UsageError
 
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
-Seed = Annotated[
-    int | None, typer.Option("--seed", help="Random seed.", envvar="NLPKIT_SEED", show_default=False)
-]
 System = Annotated[
     str | None,
     typer.Option("--system", help="A system prompt (default: the model template's own).", show_default=False),
@@ -46,7 +44,7 @@ def chat_cmd(
     top_k: SampleTopK = 0,
     top_p: TopP = 0.9,
     stop: Stop = None,
-    seed: Seed = None,
+    seed: MaybeSeed = None,
     batch_size: GenBatch = 1,
     device: Device = "auto",
     dtype: DType = "auto",

@@ -8,11 +8,14 @@ import typer
 
 from nlpkit.cli import app
 from nlpkit.cli.options import (
+    Device,
     DType,
+    Field,
     GenBatch,
     InputFormat,
     Inputs,
     MaxNewTokens,
+    MaybeSeed,
     ModelSpec,
     Output,
     OutputFormat,
@@ -42,8 +45,6 @@ Preset = Annotated[
     str | None,
     typer.Option("--preset", help="tiny, small (default), medium or large; explicit flags override it."),
 ]
-Field = Annotated[str, typer.Option("--field", help="Record field holding the text.")]
-Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.", envvar="NLPKIT_DEVICE")]
 Resume = Annotated[
     bool, typer.Option("--resume", help="Continue the run in -o from its latest checkpoint (same input).")
 ]
@@ -129,9 +130,6 @@ CkptInterval = Annotated[
 ValFraction = Annotated[
     float | None,
     typer.Option("--val-fraction", help="Held-out share of the data (last part).", show_default=False),
-]
-Seed = Annotated[
-    int | None, typer.Option("--seed", help="Random seed.", envvar="NLPKIT_SEED", show_default=False)
 ]
 Threads = Annotated[
     int | None,
@@ -219,7 +217,7 @@ def train_transformer_cmd(
     log_interval: LogInterval = None,
     checkpoint_interval: CkptInterval = None,
     val_fraction: ValFraction = None,
-    seed: Seed = None,
+    seed: MaybeSeed = None,
     device: Device = "auto",
     threads: Threads = None,
     resume: Resume = False,
@@ -278,7 +276,7 @@ def train_lstm_cmd(
     log_interval: LogInterval = None,
     checkpoint_interval: CkptInterval = None,
     val_fraction: ValFraction = None,
-    seed: Seed = None,
+    seed: MaybeSeed = None,
     device: Device = "auto",
     threads: Threads = None,
     resume: Resume = False,
@@ -312,7 +310,7 @@ def generate_cmd(
     top_k: SampleTopK = 0,
     top_p: TopP = 1.0,
     stop: Stop = None,
-    seed: Seed = None,
+    seed: MaybeSeed = None,
     chat: Annotated[
         bool, typer.Option("--chat", help="Wrap each prompt in the model's chat template (one user turn).")
     ] = False,

@@ -44,7 +44,11 @@ TopK = Annotated[int, typer.Option("-k", "--top-k", min=1, help="How many result
 Seed = Annotated[
     int, typer.Option("--seed", help="Random seed (random, numpy, torch).", envvar="NLPKIT_SEED")
 ]
+MaybeSeed = Annotated[
+    int | None, typer.Option("--seed", help="Random seed.", envvar="NLPKIT_SEED", show_default=False)
+]  # None: a different draw every run
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.", envvar="NLPKIT_DEVICE")]
+Field = Annotated[str, typer.Option("--field", help="Record field holding the text.")]
 Vectors = Annotated[
     str,
     typer.Option(

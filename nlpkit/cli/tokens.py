@@ -8,6 +8,7 @@ import typer
 
 from nlpkit.cli import app
 from nlpkit.cli.options import (
+    Field,
     InputFormat,
     Inputs,
     Output,
@@ -25,7 +26,6 @@ tokenize_app = typer.Typer(
 )
 app.add_typer(tokenize_app, name="tokenize")
 
-Field = Annotated[str, typer.Option("--field", help="Record field holding the text.")]
 BatchSize = Annotated[
     int, typer.Option("--batch-size", min=1, help="Records per encode_batch / decode_batch call.")
 ]

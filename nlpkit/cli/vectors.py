@@ -362,13 +362,14 @@ def convert_cmd(
     Examples: nlpkit convert glove.txt -o glove.safetensors;
     nlpkit convert SmolLM2-135M-Instruct.Q4_1.gguf -o smollm2
     """
-    from pathlib import Path
 
     from nlpkit.formats import say, set_quiet
     from nlpkit.vectors import load_vectors, save_as
 
     set_quiet(quiet)
-    gguf = _is_gguf(Path(source)) or source.lower().endswith(".gguf")
+    from nlpkit.gguf import is_gguf
+
+    gguf = is_gguf(source) or source.lower().endswith(".gguf")
     if source_format == "gguf" or (source_format == "auto" and gguf):
         from nlpkit.cli.chat import convert_gguf
 
@@ -381,11 +382,3 @@ def convert_cmd(
     wv = load_vectors(source, source_format)
     save_as(wv, output, to)
     say(f"wrote {len(wv)} vectors of {wv.dim} dims to {output}")
-
-
-def _is_gguf(path: Any) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False
