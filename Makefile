@@ -36,7 +36,7 @@ test-slow: $(STAMP)
 
 # Regenerate completions/ and man/ from the CLI (tests/test_docs.py checks they are current).
 docs: $(STAMP)
-	$(BIN)/python -m nlpkit._gendocs
+	$(BIN)/python -m nlpkit.cli.docs
 
 # Side-by-side benchmarks against the reference tools (installs the bench extra).
 # Every benchmark side by side with its reference tool (long: run on a quiet machine).

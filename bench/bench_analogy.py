@@ -74,8 +74,8 @@ print(json.dumps({
 NLPKIT_EVAL = """
 import json, sys, time
 t0 = time.perf_counter()
-from nlpkit.vector_eval import evaluate_analogies
-from nlpkit.vectors import load_vectors
+from nlpkit.vectors.evaluate import evaluate_analogies
+from nlpkit.vectors.wordvectors import load_vectors
 t1 = time.perf_counter()
 wv = load_vectors(sys.argv[1])
 t2 = time.perf_counter()
@@ -190,7 +190,7 @@ def loadavg() -> list[float]:
 def prepare_gensim(vectors: str, python: str, env: dict[str, str]) -> Path:
     """gensim's native KeyedVectors file built from nlpkit's vectors, cached until the source changes."""
     from nlpkit import store
-    from nlpkit.vectors import load_vectors
+    from nlpkit.vectors.wordvectors import load_vectors
 
     source = (
         store.asset_dir(vectors) / "vectors.safetensors" if store.is_asset_name(vectors) else Path(vectors)

@@ -59,10 +59,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from nlpkit.chat import ChatModel
-    from nlpkit.convert import resolve_model
-    from nlpkit.generate import Generator
-    from nlpkit.store import asset_dir
+    from nlpkit.llm.chat import ChatModel
+    from nlpkit.llm.generate import Generator
+    from nlpkit.store.assets import asset_dir
+    from nlpkit.store.resolve import resolve_model
 
     gguf_path = next(asset_dir("smollm2-135m-instruct").glob("*.gguf"))
     folder = resolve_model("smollm2-135m-instruct")
@@ -197,7 +197,7 @@ def _f32_gguf(src: Path) -> Path:
     if out.is_file():
         return out
     out.parent.mkdir(exist_ok=True)
-    from nlpkit.gguf import read_gguf
+    from nlpkit.io.gguf import read_gguf
 
     reader, ours = gguf.GGUFReader(str(src)), read_gguf(src)
     w = gguf.GGUFWriter(str(out) + ".tmp", "llama")
@@ -227,7 +227,7 @@ def _f32_gguf(src: Path) -> Path:
 def _parity(bot, gguf_file: str, args: argparse.Namespace) -> dict[str, object]:  # type: ignore[no-untyped-def]
     from llama_cpp import Llama
 
-    from nlpkit.generate import Sampling
+    from nlpkit.llm.generate import Sampling
 
     llm = Llama(model_path=gguf_file, n_ctx=2048, n_threads=args.threads, verbose=False, logits_all=True)
     equal, worst, rows, refs = 0, 0.0, [], []

@@ -114,8 +114,8 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from nlpkit.encoder import load_encoder
-    from nlpkit.store import asset_dir
+    from nlpkit.embed.encoder import load_encoder
+    from nlpkit.store.assets import asset_dir
 
     threads = args.threads
     cores = sorted(os.sched_getaffinity(0))

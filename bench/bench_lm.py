@@ -170,8 +170,8 @@ def hf_parity(model: Path) -> dict[str, Any]:
         from transformers import LlamaForCausalLM
     except ImportError:
         return {"skipped": "transformers is not installed (pip install -e '.[bench]')"}
-    from nlpkit.model import load_model
-    from nlpkit.tokenizer import load
+    from nlpkit.lm.model import load_model
+    from nlpkit.text.tokenizer import load
 
     ours, cfg = load_model(model)
     theirs = LlamaForCausalLM.from_pretrained(str(model)).eval()

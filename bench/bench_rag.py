@@ -97,7 +97,7 @@ def index_vs_encoder(model: str, reps: int, every: int = 10) -> dict[str, object
     """Side by side on every ``every``-th library file: the whole ``rag-index`` process into a
     fresh index vs ``encode`` alone (in process, model loaded) on the very same chunk texts in
     one call, alternating A B A B; chunks/s medians with min and max."""
-    from nlpkit.rag import embed_text, load_text_encoder, open_index
+    from nlpkit.rag.index import embed_text, load_text_encoder, open_index
 
     subset = CACHE / "subset"
     if not subset.exists():
@@ -134,7 +134,7 @@ def _same(path: str, answer_file: str) -> bool:
 
 
 def recall(index: object, enc: object, questions: list[dict[str, str]], k: int = 5) -> dict[str, float]:
-    from nlpkit.retrieval import retrieve
+    from nlpkit.rag.retrieval import retrieve
 
     out = {}
     for mode in ("bm25", "dense", "hybrid"):
@@ -151,7 +151,7 @@ def rank_bm25_recall(index: object, questions: list[dict[str, str]], k: int = 5)
         from rank_bm25 import BM25Okapi
     except ImportError:
         return None
-    from nlpkit.retrieval import STOPWORDS
+    from nlpkit.rag.retrieval import STOPWORDS
 
     rows = index.conn.execute(  # type: ignore[attr-defined]
         "SELECT d.path, c.title, c.text FROM chunks c JOIN documents d ON d.id = c.doc_id"
@@ -170,7 +170,7 @@ def rank_bm25_recall(index: object, questions: list[dict[str, str]], k: int = 5)
 
 def latency(index: object, enc: object, queries: list[str], reps: int) -> dict[str, dict[str, float]]:
     """p50 ms per mode; reps alternate the modes (A B C A B C) so drift hits all alike."""
-    from nlpkit.retrieval import retrieve
+    from nlpkit.rag.retrieval import retrieve
 
     for q in queries[:5]:
         retrieve(index, enc, q, k=5)  # warm: page cache, FTS pages, BLAS
@@ -192,7 +192,7 @@ def faiss_latency(index: object, enc: object, queries: list[str], reps: int) -> 
         import faiss
     except ImportError:
         return None
-    from nlpkit.retrieval import search_dense
+    from nlpkit.rag.retrieval import search_dense
 
     faiss.omp_set_num_threads(2)
     matrix = np.asarray(index.matrix())  # type: ignore[attr-defined]
@@ -223,8 +223,8 @@ def hnsw(path: Path, enc: object, queries: list[str], exact_top: list[list[int]]
         import faiss  # noqa: F401
     except ImportError:
         return None
-    from nlpkit.rag import open_index, open_writer
-    from nlpkit.retrieval import search_dense
+    from nlpkit.rag.index import open_index, open_writer
+    from nlpkit.rag.retrieval import search_dense
 
     copy = path.with_name(path.name.replace(".idx", "-hnsw.idx"))
     build_s = None
@@ -247,8 +247,8 @@ def hnsw_real(enc: object, questions: list[dict[str, str]], reps: int) -> object
         import faiss  # noqa: F401
     except ImportError:
         return None
-    from nlpkit.rag import open_index, open_writer
-    from nlpkit.retrieval import search_dense
+    from nlpkit.rag.index import open_index, open_writer
+    from nlpkit.rag.retrieval import search_dense
 
     copy = CACHE / "pydocs-hnsw.idx"
     shutil.rmtree(copy, ignore_errors=True)
@@ -270,7 +270,7 @@ def hnsw_real(enc: object, questions: list[dict[str, str]], reps: int) -> object
 
 def synthetic(n: int, dim: int, encoder: str) -> Path:
     """An index of ``n`` chunks: Zipf-distributed words of a 50k vocabulary, random unit vectors."""
-    from nlpkit.rag import DocumentIn, open_writer
+    from nlpkit.rag.index import DocumentIn, open_writer
 
     path = CACHE / f"synth{n}.idx"
     if path.exists():
@@ -304,8 +304,8 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="rebuild the real index (minutes)")
     args = ap.parse_args()
 
-    from nlpkit.rag import load_text_encoder, open_index
-    from nlpkit.retrieval import search_dense
+    from nlpkit.rag.index import load_text_encoder, open_index
+    from nlpkit.rag.retrieval import search_dense
 
     questions = [json.loads(x) for x in (ROOT / "bench/data/rag_questions.jsonl").read_text().splitlines()]
     res: dict[str, object] = {"questions": len(questions), "threads": 2, "model": args.model}

@@ -190,8 +190,8 @@ def main() -> int:
     from tokenizers import Tokenizer
 
     from nlpkit import __version__
-    from nlpkit.tokenizer import to_json
-    from nlpkit.tokenizer_train import TrainConfig, train
+    from nlpkit.text.tokenizer import to_json
+    from nlpkit.text.tokenizer_train import TrainConfig, train
 
     with tempfile.TemporaryDirectory(prefix="bench-tokenize-") as tmp_name:
         tmp = Path(tmp_name)

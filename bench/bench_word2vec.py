@@ -1,7 +1,7 @@
 """`nlpkit train-word2vec` vs gensim's Word2Vec, side by side on ../shared/data/shakespeare.
 
 Both sides get the same sentences (every line of the 42 files, in name order, tokenized by
-``nlpkit.word2vec.tokenize``: gensim receives those token lists), the same hyperparameters
+``nlpkit.vectors.word2vec_corpus.tokenize``: gensim receives those token lists), the same hyperparameters
 (vector_size 100, window 5, negative 5, min_count 5, sample 1e-3, alpha 0.025 falling to 0.0001,
 5 epochs, fp32) and 2 threads (gensim ``workers=2``; nlpkit ``--threads 2``). Each repetition runs
 both architectures on both sides, each in a fresh process, the order of the sides alternating;
@@ -60,8 +60,8 @@ def gensim_worker(corpus: Path, arch: str, seed: int, out: str) -> None:
     sys.path.insert(0, str(REPO))
     from gensim.models import Word2Vec
 
-    from nlpkit.vectors import WordVectors
-    from nlpkit.word2vec import tokenize
+    from nlpkit.vectors.word2vec_corpus import tokenize
+    from nlpkit.vectors.wordvectors import WordVectors
 
     sentences = []
     for path in sorted(corpus.glob("*.txt")):
@@ -135,8 +135,8 @@ def run_gensim(corpus: Path, arch: str, seed: int, out: str) -> dict[str, Any]:
 
 
 def quality(path: str, data: Path) -> dict[str, Any]:
-    from nlpkit.vector_eval import evaluate_analogies, evaluate_word_pairs
-    from nlpkit.vectors import load_vectors
+    from nlpkit.vectors.evaluate import evaluate_analogies, evaluate_word_pairs
+    from nlpkit.vectors.wordvectors import load_vectors
 
     wv = load_vectors(path)
     qw = evaluate_analogies(wv, str(data / "word-benchmarks" / "questions-words.txt"), 300000, True, "add")

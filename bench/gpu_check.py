@@ -3,7 +3,7 @@
     python bench/gpu_check.py                 # about 60 s of training plus a few seconds of setup
     python bench/gpu_check.py --seconds 30 --n-layer 24
 
-Runs ``nlpkit.train.train`` (the same loop as ``nlpkit train-transformer``: fused AdamW, bf16
+Runs ``nlpkit.lm.train.loop.train`` (the same loop as ``nlpkit train-transformer``: fused AdamW, bf16
 autocast, gradient clipping) on a GPT-2-small-sized Llama decoder (12 layers, n_embd 768, 12 heads,
 block 1024, batch 16) over synthetic text made here (no data files needed; character level, so the
 vocabulary and the output head are small). MFU is model FLOPs utilisation: 6 * N * tokens/s over
@@ -60,7 +60,7 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA")
         return
-    from nlpkit.train import train
+    from nlpkit.lm.train.loop import train
 
     device = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:

@@ -31,8 +31,8 @@ def main() -> None:
         print("gpu_infer_check: no CUDA")
         return
     from bench.bench_chat import LONG
-    from nlpkit.chat import ChatModel
-    from nlpkit.generate import Generator, Sampling
+    from nlpkit.llm.chat import ChatModel
+    from nlpkit.llm.generate import Generator, Sampling
 
     out: dict[str, object] = {"device": torch.cuda.get_device_name(0)}
     bot = ChatModel.load("smollm2-135m-instruct", "cuda")
@@ -60,7 +60,7 @@ def main() -> None:
 
     import numpy as np
 
-    from nlpkit.encoder import load_encoder
+    from nlpkit.embed.encoder import load_encoder
 
     texts = [f"Sentence number {i} about the Python standard library and its modules." for i in range(2000)]
     results = {}

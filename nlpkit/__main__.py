@@ -1,3 +1,3 @@
-from nlpkit.cli import main
+from nlpkit.cli.main import main
 
 main()

@@ -31,7 +31,7 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("NLPKIT_HOME", str(home))
     for var in ("NLPKIT_AUTO_PULL", "NLPKIT_VECTORS", "NLPKIT_QUIET", "NLPKIT_DEBUG", "NLPKIT_OUTPUT"):
         monkeypatch.delenv(var, raising=False)
-    from nlpkit.formats import set_quiet
+    from nlpkit.io.talk import set_quiet
 
     set_quiet(False)  # a CliRunner test with -q must not silence the tests after it
     return home
@@ -40,7 +40,7 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 @pytest.fixture
 def table_path(tmp_path: Path) -> str:
     """The hand-built table as an nlpkit vectors file."""
-    from nlpkit.vectors import WordVectors
+    from nlpkit.vectors.wordvectors import WordVectors
 
     wv = WordVectors(list(TABLE), np.array(list(TABLE.values()), dtype=np.float32))
     path = str(tmp_path / "table.safetensors")

@@ -15,12 +15,14 @@ from tests.test_tokenizer import smollm_like
 torch = pytest.importorskip("torch")
 gguf = pytest.importorskip("gguf")
 
-from nlpkit.chat import ChatModel, ChatTemplate, encode_chat  # noqa: E402
-from nlpkit.cli import app  # noqa: E402
-from nlpkit.convert import gguf_to_folder, hf_name, permute_rows, unpermute_rows  # noqa: E402
+from nlpkit.cli.main import app  # noqa: E402
 from nlpkit.errors import DataError  # noqa: E402
-from nlpkit.generate import Generator, Sampling  # noqa: E402
-from nlpkit.model import ModelConfig, build_model  # noqa: E402
+from nlpkit.llm.chat import ChatModel  # noqa: E402
+from nlpkit.llm.generate import Generator, Sampling  # noqa: E402
+from nlpkit.lm.config import ModelConfig  # noqa: E402
+from nlpkit.lm.model import build_model  # noqa: E402
+from nlpkit.store.gguf_folder import gguf_to_folder, hf_name, permute_rows, unpermute_rows  # noqa: E402
+from nlpkit.text.chat_template import ChatTemplate, encode_chat  # noqa: E402
 
 TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -386,7 +388,7 @@ def test_output_to_a_device_writes_to_it(tmp_path: Path) -> None:
     got: list[bytes] = []
     reader = threading.Thread(target=lambda: got.append(target.read_bytes()))
     reader.start()
-    from nlpkit.formats import write_bytes_atomic
+    from nlpkit.io.files import write_bytes_atomic
 
     write_bytes_atomic(target, b"data\n")
     reader.join(timeout=10)
@@ -406,9 +408,7 @@ def test_without_torch_chat_says_what_to_install(tiny_chat) -> None:  # type: ig
     import subprocess
     import sys
 
-    code = (
-        "import sys; sys.modules['torch'] = None; from nlpkit.cli import main; sys.argv[0] = 'nlpkit'; main()"
-    )
+    code = "import sys; sys.modules['torch'] = None; from nlpkit.cli.main import main; sys.argv[0] = 'nlpkit'; main()"
     proc = subprocess.run(
         [sys.executable, "-c", code, "chat", str(tiny_chat[0] / "model")], input=b"hi\n", capture_output=True
     )

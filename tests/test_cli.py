@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nlpkit.cli import app
+from nlpkit.cli.main import app
 
 from .conftest import run_cli
 
@@ -75,7 +75,7 @@ def test_embed_records_and_matrix(runner, table_path, tmp_path) -> None:
         app, ["embed", "queen", "king", "nope", "--oov", "skip", "--vectors", table_path, "-o", target]
     )
     assert r.exit_code == 0, r.output
-    from nlpkit.vectors import load_vectors
+    from nlpkit.vectors.wordvectors import load_vectors
 
     wv = load_vectors(target)
     assert wv.words == ["queen", "king"] and wv.vectors.shape == (2, 4)
@@ -150,7 +150,7 @@ def test_exit_75_when_locked_then_free_after_kill(tmp_path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys; from nlpkit.formats import lock_for\n"
+            "import sys; from nlpkit.io.files import lock_for\n"
             f"with lock_for({str(models / 'glove-6b-50d')!r}):\n print('held', flush=True); sys.stdin.read()",
         ],
         stdin=subprocess.PIPE,
@@ -353,7 +353,7 @@ def test_kill_9_fifty_times(table_path, tmp_path) -> None:
 
 def test_import_cli_leaves_heavy_modules_unloaded(table_path) -> None:
     code = (
-        "import sys\nfrom typer.testing import CliRunner\nimport nlpkit.cli as c\n"
+        "import sys\nfrom typer.testing import CliRunner\nimport nlpkit.cli.main as c\n"
         "assert not {'torch', 'numpy', 'onnxruntime', 'tokenizers', 'rich.progress'} & set(sys.modules), "
         "sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'tokenizers'))\n"
         f"r = CliRunner().invoke(c.app, ['analogy', 'king', '-', 'man', '+', 'woman', '--vectors', {table_path!r}])\n"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nlpkit._gendocs import expected_files
+from nlpkit.cli.docs import expected_files
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nlpkit import encoder as enc_mod
-from nlpkit.encoder import load_encoder
+from nlpkit.embed import encoder as enc_mod
+from nlpkit.embed import onnx as enc_onnx
+from nlpkit.embed.encoder import load_encoder
 from nlpkit.errors import DataError, InputMissing, UsageError
-from nlpkit.formats import sha256_file
+from nlpkit.io.tensors import sha256_file
 from tests.bert_fixture import make_tiny_bert
 
 pytest.importorskip("torch")
@@ -102,10 +103,10 @@ def test_truncates_to_max_length(tiny_bert: Path, torch_enc: enc_mod.SentenceEnc
 @needs_ort
 def test_onnx_cache_written_once_then_reused(tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real_export = enc_mod.export_onnx
-    monkeypatch.setattr(enc_mod, "export_onnx", lambda *a: calls.append(a) or real_export(*a))
+    real_export = enc_onnx.export_onnx
+    monkeypatch.setattr(enc_onnx, "export_onnx", lambda *a: calls.append(a) or real_export(*a))
     first = load_encoder(str(tiny_bert), backend="onnx").encode(TEXTS)
-    path = enc_mod.onnx_cache_dir(tiny_bert) / "model.onnx"
+    path = enc_onnx.onnx_cache_dir(tiny_bert) / "model.onnx"
     assert path.is_file() and path.with_suffix(".json").is_file() and len(calls) == 1
     second = load_encoder(str(tiny_bert), backend="onnx").encode(TEXTS)
     assert len(calls) == 1
@@ -118,11 +119,11 @@ def test_concurrent_loads_export_once(tiny_bert: Path, monkeypatch: pytest.Monke
     import threading
 
     calls = []
-    real_export = enc_mod.export_onnx
-    monkeypatch.setattr(enc_mod, "export_onnx", lambda *a: calls.append(a) or real_export(*a))
+    real_export = enc_onnx.export_onnx
+    monkeypatch.setattr(enc_onnx, "export_onnx", lambda *a: calls.append(a) or real_export(*a))
     results: list[tuple[Path, bool]] = []
     threads = [
-        threading.Thread(target=lambda: results.append(enc_mod.ensure_onnx(tiny_bert))) for _ in range(3)
+        threading.Thread(target=lambda: results.append(enc_onnx.ensure_onnx(tiny_bert))) for _ in range(3)
     ]
     for t in threads:
         t.start()
@@ -137,7 +138,7 @@ def test_damaged_onnx_cache_is_exported_again(
     damage: str, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     want = load_encoder(str(tiny_bert), backend="onnx").encode(TEXTS)
-    path = enc_mod.onnx_cache_dir(tiny_bert) / "model.onnx"
+    path = enc_onnx.onnx_cache_dir(tiny_bert) / "model.onnx"
     data = path.read_bytes()
     if damage == "garbage":
         path.write_bytes(b"not an onnx graph" * 10)
@@ -146,8 +147,8 @@ def test_damaged_onnx_cache_is_exported_again(
     else:  # same size, one weight byte changed: only the receipt's SHA-256 notices
         path.write_bytes(data[:-100] + bytes([data[-100] ^ 0xFF]) + data[-99:])
     calls = []
-    real_export = enc_mod.export_onnx
-    monkeypatch.setattr(enc_mod, "export_onnx", lambda *a: calls.append(a) or real_export(*a))
+    real_export = enc_onnx.export_onnx
+    monkeypatch.setattr(enc_onnx, "export_onnx", lambda *a: calls.append(a) or real_export(*a))
     np.testing.assert_array_equal(load_encoder(str(tiny_bert), backend="onnx").encode(TEXTS), want)
     assert len(calls) == 1
 
@@ -155,7 +156,7 @@ def test_damaged_onnx_cache_is_exported_again(
 @needs_ort
 def test_unloadable_graph_with_valid_receipt_is_redone(tiny_bert: Path) -> None:
     load_encoder(str(tiny_bert), backend="onnx")
-    path = enc_mod.onnx_cache_dir(tiny_bert) / "model.onnx"
+    path = enc_onnx.onnx_cache_dir(tiny_bert) / "model.onnx"
     path.write_bytes(b"\x00" * 64)  # and a receipt that vouches for it
     receipt = {"sha256": sha256_file(path), "size": 64}
     path.with_suffix(".json").write_text(json.dumps(receipt))
@@ -195,7 +196,7 @@ def test_load_errors(tiny_bert: Path, tmp_path: Path) -> None:
 
 
 def test_named_model_not_pulled_exits_66(runner, tiny_bert: Path) -> None:  # type: ignore[no-untyped-def]
-    from nlpkit.cli import app
+    from nlpkit.cli.main import app
 
     result = runner.invoke(app, ["embed", "-m", "minilm-l6-v2", "hello"])
     assert result.exit_code == 66
@@ -206,7 +207,7 @@ def test_named_model_not_pulled_exits_66(runner, tiny_bert: Path) -> None:  # ty
 
 
 def test_cli_jsonl_passes_fields_through(runner, tiny_bert: Path) -> None:  # type: ignore[no-untyped-def]
-    from nlpkit.cli import app
+    from nlpkit.cli.main import app
 
     stdin = 'Short text.\n\n{"id": 7, "text": "A cat."}\n{"id": 8, "text": ""}\n'
     result = runner.invoke(app, ["embed", "-m", str(tiny_bert), "--backend", "torch"], input=stdin)
@@ -218,8 +219,8 @@ def test_cli_jsonl_passes_fields_through(runner, tiny_bert: Path) -> None:  # ty
 
 
 def test_cli_safetensors_matrix(runner, tiny_bert: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from nlpkit.cli import app
-    from nlpkit.formats import load_tensors
+    from nlpkit.cli.main import app
+    from nlpkit.io.tensors import load_tensors
 
     out = tmp_path / "e.safetensors"
     args = ["embed", "-m", str(tiny_bert), "--backend", "torch", "--batch-size", "2", "-o", str(out)]
@@ -246,7 +247,7 @@ def test_cli_safetensors_matrix(runner, tiny_bert: Path, tmp_path: Path) -> None
 def test_cli_bad_input_exit_codes(  # type: ignore[no-untyped-def]
     runner, tiny_bert: Path, args: list[str], stdin: str | None, code: int, message: str
 ) -> None:
-    from nlpkit.cli import app
+    from nlpkit.cli.main import app
 
     result = runner.invoke(app, ["embed", "-m", str(tiny_bert), "--backend", "torch", *args], input=stdin)
     assert result.exit_code == code, result.stderr
@@ -266,7 +267,7 @@ def test_cli_real_pipe(onnx_enc: enc_mod.SentenceEncoder, tiny_bert: Path, share
 
 
 def test_cli_sentence_flags_need_model(runner) -> None:  # type: ignore[no-untyped-def]
-    from nlpkit.cli import app
+    from nlpkit.cli.main import app
 
     result = runner.invoke(app, ["embed", "--backend", "torch", "king"])
     assert result.exit_code == 2
@@ -274,7 +275,7 @@ def test_cli_sentence_flags_need_model(runner) -> None:  # type: ignore[no-untyp
 
 
 def test_cli_unknown_model_exits_66(runner, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from nlpkit.cli import app
+    from nlpkit.cli.main import app
 
     result = runner.invoke(app, ["embed", "-m", str(tmp_path / "nope"), "x"])
     assert result.exit_code == 66
@@ -311,8 +312,8 @@ def test_minilm_matches_sentence_transformers(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_a_named_model_that_is_not_an_encoder_is_a_usage_error(runner) -> None:  # type: ignore[no-untyped-def]
-    from nlpkit import store
-    from nlpkit.cli import app
+    from nlpkit.cli.main import app
+    from nlpkit.store import assets as store
 
     folder = store.models_dir() / "glove-6b-50d"  # pulled, but word vectors, not a BERT folder
     folder.mkdir(parents=True)

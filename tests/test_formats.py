@@ -13,8 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nlpkit import formats
 from nlpkit.errors import DataError, InputMissing, Locked, UsageError
+from nlpkit.io import files as io_files
+from nlpkit.io import records as io_records
+from nlpkit.io import tensors as io_tensors
 
 json_values = st.recursive(
     st.none()
@@ -34,9 +36,9 @@ records = st.dictionaries(st.text(max_size=10), json_values, max_size=5).map(lam
 @given(st.lists(records, min_size=1, max_size=5))
 def test_jsonl_round_trip(tmp_path_factory: pytest.TempPathFactory, recs: list[dict]) -> None:
     path = str(tmp_path_factory.mktemp("rt") / "out.jsonl")
-    with formats.RecordWriter(path) as out:
+    with io_records.RecordWriter(path) as out:
         out.write_all(recs)
-    back = [r for _, r in formats.read_records(path)]
+    back = [r for _, r in io_records.read_records(path)]
     assert back == recs
 
 
@@ -48,7 +50,7 @@ def test_any_bytes_give_records_or_a_data_error(
     path = tmp_path_factory.mktemp("fuzz") / "in.txt"
     path.write_bytes(data)
     try:
-        for _, record in formats.read_records(str(path)):
+        for _, record in io_records.read_records(str(path)):
             assert isinstance(record["text"], str)
     except DataError:
         pass
@@ -69,8 +71,8 @@ def test_any_bytes_give_records_or_a_data_error(
 )
 def test_safetensors_round_trip(tmp_path_factory: pytest.TempPathFactory, tensors: dict, meta: dict) -> None:
     path = str(tmp_path_factory.mktemp("st") / "t.safetensors")
-    formats.save_tensors(path, tensors, meta, kind="test")
-    back, back_meta = formats.load_tensors(path)
+    io_tensors.save_tensors(path, tensors, meta, kind="test")
+    back, back_meta = io_tensors.load_tensors(path)
     assert back.keys() == tensors.keys()
     for k, v in tensors.items():
         assert back[k].dtype == v.dtype and np.array_equal(back[k], v)
@@ -81,7 +83,7 @@ def test_our_safetensors_read_by_the_reference_library(tmp_path) -> None:
     from safetensors.numpy import load_file
 
     path = str(tmp_path / "a.safetensors")
-    formats.save_tensors(path, {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, {}, kind="test")
+    io_tensors.save_tensors(path, {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, {}, kind="test")
     assert np.array_equal(load_file(path)["w"], np.arange(6, dtype=np.float32).reshape(2, 3))
 
 
@@ -116,18 +118,18 @@ def _header_file(tmp_path, header: bytes, data: bytes = b"\0" * 16, claim: int |
 )
 def test_crafted_safetensors_headers_are_refused(tmp_path, header, claim, message) -> None:
     with pytest.raises(DataError, match=message):
-        formats.load_tensors(_header_file(tmp_path, header, claim=claim))
+        io_tensors.load_tensors(_header_file(tmp_path, header, claim=claim))
 
 
 def test_truncated_and_empty_safetensors(tmp_path) -> None:
     (tmp_path / "e.safetensors").write_bytes(b"")
     with pytest.raises(DataError, match="empty"):
-        formats.load_tensors(str(tmp_path / "e.safetensors"))
+        io_tensors.load_tensors(str(tmp_path / "e.safetensors"))
     (tmp_path / "s.safetensors").write_bytes(b"abc")
     with pytest.raises(DataError, match="shorter than 8"):
-        formats.load_tensors(str(tmp_path / "s.safetensors"))
+        io_tensors.load_tensors(str(tmp_path / "s.safetensors"))
     with pytest.raises(InputMissing):
-        formats.load_tensors(str(tmp_path / "missing.safetensors"))
+        io_tensors.load_tensors(str(tmp_path / "missing.safetensors"))
 
 
 def test_pickle_offered_as_safetensors_never_runs(tmp_path) -> None:
@@ -142,7 +144,7 @@ def test_pickle_offered_as_safetensors_never_runs(tmp_path) -> None:
     path = tmp_path / "model.safetensors"
     path.write_bytes(pickle.dumps(Payload()))
     with pytest.raises(DataError):
-        formats.load_tensors(str(path))
+        io_tensors.load_tensors(str(path))
     assert not marker.exists()
 
 
@@ -163,10 +165,10 @@ def test_read_records_errors_name_file_and_line(tmp_path, content, message) -> N
     path = tmp_path / "in.jsonl"
     path.write_bytes(content)
     if message is None:
-        assert [r for _, r in formats.read_records(str(path))] == [{"text": "[1, 2]"}]
+        assert [r for _, r in io_records.read_records(str(path))] == [{"text": "[1, 2]"}]
         return
     with pytest.raises(DataError, match=message) as e:
-        list(formats.read_records(str(path)))
+        list(io_records.read_records(str(path)))
     assert str(path) in str(e.value)
 
 
@@ -174,28 +176,28 @@ def test_long_line_is_refused_without_reading_it_whole(tmp_path, monkeypatch) ->
     path = tmp_path / "long.txt"
     path.write_bytes(b"short\n" + b"x" * 5000 + b"\n")
     with pytest.raises(DataError, match=r"long.txt:2: line longer than 1000 bytes"):
-        list(formats.iter_lines(str(path), max_line_bytes=1000))
+        list(io_records.iter_lines(str(path), max_line_bytes=1000))
 
 
 def test_jsonl_mode_and_text_mode(tmp_path) -> None:
     path = tmp_path / "in.txt"
     path.write_text('{"text": "a"}\nplain\n')
-    assert [r for _, r in formats.read_records(str(path), fmt="text")] == [
+    assert [r for _, r in io_records.read_records(str(path), fmt="text")] == [
         {"text": '{"text": "a"}'},
         {"text": "plain"},
     ]
     with pytest.raises(DataError, match="in.txt:2: invalid JSON"):
-        list(formats.read_records(str(path), fmt="jsonl"))
+        list(io_records.read_records(str(path), fmt="jsonl"))
     with pytest.raises(UsageError):
-        list(formats.read_records(str(path), fmt="xml"))
+        list(io_records.read_records(str(path), fmt="xml"))
 
 
 def test_writer_refuses_nan(tmp_path) -> None:
     with pytest.raises(DataError, match="non-finite"):
-        formats.dumps_record({"x": float("nan")})
+        io_records.dumps_record({"x": float("nan")})
     with pytest.raises(DataError, match="non-finite"):
-        formats.dumps_record({"v": np.array([1.0, np.inf], dtype=np.float32)})
-    line = formats.dumps_record({"text": "é", "v": np.array([0.5, 1 / 3], dtype=np.float32)})
+        io_records.dumps_record({"v": np.array([1.0, np.inf], dtype=np.float32)})
+    line = io_records.dumps_record({"text": "é", "v": np.array([0.5, 1 / 3], dtype=np.float32)})
     assert json.loads(line) == {"text": "é", "v": [0.5, 0.33333334]}
     assert "é".encode() in line
 
@@ -203,29 +205,29 @@ def test_writer_refuses_nan(tmp_path) -> None:
 def test_atomic_open_keeps_old_file_on_error(tmp_path) -> None:
     path = tmp_path / "out.txt"
     path.write_text("old")
-    with pytest.raises(RuntimeError), formats.atomic_open(path) as f:
+    with pytest.raises(RuntimeError), io_files.atomic_open(path) as f:
         f.write(b"partial")
         raise RuntimeError("boom")
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["out.txt"]
-    with formats.atomic_open(path) as f:
+    with io_files.atomic_open(path) as f:
         f.write(b"new")
     assert path.read_text() == "new"
 
 
 def test_atomic_open_into_missing_folder(tmp_path) -> None:
-    with pytest.raises(InputMissing, match="no such folder"), formats.atomic_open(tmp_path / "no" / "x"):
+    with pytest.raises(InputMissing, match="no such folder"), io_files.atomic_open(tmp_path / "no" / "x"):
         pass
 
 
 def test_lock_contention_names_the_holder(tmp_path) -> None:
     out = tmp_path / "index"
-    with formats.lock_for(out):
+    with io_files.lock_for(out):
         errors = []
 
         def second() -> None:
             try:
-                with formats.lock_for(out):
+                with io_files.lock_for(out):
                     pass
             except Locked as e:
                 errors.append(e)
@@ -236,7 +238,7 @@ def test_lock_contention_names_the_holder(tmp_path) -> None:
         # flock locks belong to the open file description, so a second open in the same
         # process conflicts just like another process would.
         assert errors and f"PID {os.getpid()}" in str(errors[0]) and errors[0].exit_code == 75
-    with formats.lock_for(out):  # released: free again
+    with io_files.lock_for(out):  # released: free again
         pass
 
 
@@ -245,10 +247,10 @@ def test_waiting_for_a_lock_says_so_then_takes_it(tmp_path, capsys) -> None:  # 
     got = threading.Event()
 
     def second() -> None:
-        with formats.lock_for(out, wait=True):
+        with io_files.lock_for(out, wait=True):
             got.set()
 
-    with formats.lock_for(out):
+    with io_files.lock_for(out):
         t = threading.Thread(target=second)
         t.start()
         time.sleep(0.3)

@@ -12,11 +12,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from nlpkit.cli import app  # noqa: E402
-from nlpkit.corpus import char_tokenizer, special_ids  # noqa: E402
+from nlpkit.cli.main import app  # noqa: E402
 from nlpkit.errors import UsageError  # noqa: E402
-from nlpkit.generate import Generator, Sampling, _held_back, sample_token  # noqa: E402
-from nlpkit.model import ModelConfig, build_model, save_model  # noqa: E402
+from nlpkit.llm.generate import Generator, Sampling, _held_back, sample_token  # noqa: E402
+from nlpkit.lm.config import ModelConfig  # noqa: E402
+from nlpkit.lm.model import build_model, save_model  # noqa: E402
+from nlpkit.lm.train.data import char_tokenizer, special_ids  # noqa: E402
 
 TEXT = ["From fairest creatures we desire increase,", "That thereby beauty's rose might never die,"]
 

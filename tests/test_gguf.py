@@ -1,4 +1,4 @@
-"""nlpkit.gguf tensors: decoding agrees bit for bit with the gguf package, hostile files fail cleanly."""
+"""nlpkit.io.gguf tensors: decoding agrees bit for bit with the gguf package, hostile files fail cleanly."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nlpkit.errors import DataError
-from nlpkit.gguf import MAX_TENSORS, GGUFFile, TensorInfo, dequantize, read_gguf, read_metadata
-from nlpkit.gguf_quants import GGML_TYPES, SUPPORTED
+from nlpkit.io.gguf import MAX_TENSORS, GGUFFile, TensorInfo, read_gguf, read_metadata
+from nlpkit.io.gguf_quants import GGML_TYPES, SUPPORTED, dequantize
 
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType

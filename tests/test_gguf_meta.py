@@ -1,4 +1,4 @@
-"""nlpkit.gguf: the metadata reader agrees with the gguf package, and hostile files fail cleanly."""
+"""nlpkit.io.gguf: the metadata reader agrees with the gguf package, and hostile files fail cleanly."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nlpkit.errors import DataError, InputMissing
-from nlpkit.gguf import StringArray, read_metadata
+from nlpkit.io.gguf import StringArray, read_metadata
 
 gguf = pytest.importorskip("gguf")
 T = gguf.GGUFValueType

@@ -10,17 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from nlpkit.errors import DataError, InputMissing, UsageError  # noqa: E402
-from nlpkit.model import (  # noqa: E402
-    ModelConfig,
-    Rotary,
-    _head_and_embedding,
-    _RMSNormFn,
-    _RopeFn,
-    apply_rope,
-    build_model,
-    load_model,
-    save_model,
-)
+from nlpkit.lm.config import ModelConfig  # noqa: E402
+from nlpkit.lm.layers import Rotary, _RMSNormFn, _RopeFn, apply_rope  # noqa: E402
+from nlpkit.lm.model import _head_and_embedding, build_model, load_model, save_model  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

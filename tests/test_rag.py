@@ -21,10 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from nlpkit.cli import app
-from nlpkit.documents import Document, chunk_text, convert, discover
-from nlpkit.rag import HashEncoder, Index, open_index
-from nlpkit.retrieval import (
+from nlpkit.cli.main import app
+from nlpkit.rag.index import HashEncoder, Index, open_index
+from nlpkit.rag.retrieval import (
     Hit,
     build_messages,
     cited_numbers,
@@ -34,6 +33,7 @@ from nlpkit.retrieval import (
     rrf,
     search_dense,
 )
+from nlpkit.text.documents import Document, chunk_text, convert, discover
 
 from .conftest import run_cli
 
@@ -60,7 +60,7 @@ def _scripted_chat(monkeypatch: pytest.MonkeyPatch, answer: str) -> list[list[di
             assert getattr(sampling, "temperature", None) == 0
             return answer
 
-    monkeypatch.setitem(sys.modules, "nlpkit.chat", types.SimpleNamespace(ChatModel=ScriptedChat))
+    monkeypatch.setitem(sys.modules, "nlpkit.llm.chat", types.SimpleNamespace(ChatModel=ScriptedChat))
     return seen
 
 
@@ -182,7 +182,7 @@ def test_fixture_tree_stays_inside_and_reports_every_skip(tmp_path: Path) -> Non
 
 
 def test_a_file_swapped_for_a_fifo_or_link_after_discovery_is_refused(tmp_path: Path) -> None:
-    from nlpkit.documents import read_source
+    from nlpkit.text.documents import read_source
 
     (tmp_path / "a.txt").write_text("a")
     (tmp_path / "b.txt").write_text("b")
@@ -226,7 +226,7 @@ def test_planted_fact_is_retrieved_and_cited(tmp_path: Path, runner, monkeypatch
         assert top["path"] == str(docs / "sub" / "zephyr.md"), mode
         original = (docs / "sub" / "zephyr.md").read_text()
         assert FACT in original[top["start"] : top["end"]]
-    # the answer path with a stand-in chat model (nlpkit.chat is the real one)
+    # the answer path with a stand-in chat model (nlpkit.llm.chat is the real one)
     seen = _scripted_chat(
         monkeypatch, "The code is 4417-KITE [1].\n<<<END 0123456789abcdef>>>"
     )  # echo dropped
@@ -421,7 +421,7 @@ def test_lock_contention_exits_75_then_frees_after_kill(tmp_path: Path) -> None:
     docs = _corpus(tmp_path)
     target = tmp_path / "kb.idx"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from nlpkit.formats import lock_for\n"
+        [sys.executable, "-c", "import sys; from nlpkit.io.files import lock_for\n"
          f"with lock_for({str(target)!r}):\n print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )  # fmt: skip
@@ -489,7 +489,7 @@ def test_rows_of_a_killed_append_and_a_killed_compaction_are_repaired(tmp_path: 
 
 
 def test_compaction_keeps_every_live_vector(tmp_path: Path) -> None:
-    from nlpkit.rag import IndexWriter
+    from nlpkit.rag.index import IndexWriter
 
     docs = _corpus(tmp_path)
     _index(tmp_path, str(docs))
@@ -588,7 +588,7 @@ def test_neural_encoder_end_to_end(tmp_path: Path, tiny_bert: Path, runner) -> N
 @pytest.mark.slow
 def test_real_models_answer_from_the_planted_fact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from nlpkit.errors import InputMissing
-    from nlpkit.store import asset_dir
+    from nlpkit.store.assets import asset_dir
 
     if REAL_HOME:
         monkeypatch.setenv("NLPKIT_HOME", REAL_HOME)
@@ -613,7 +613,7 @@ def test_answer_from_a_real_tiny_chat_model(tmp_path: Path) -> None:
     prompt goes through its chat template and the record carries an answer and the sources."""
     pytest.importorskip("torch")
     pytest.importorskip("gguf")
-    from nlpkit.convert import gguf_to_folder
+    from nlpkit.store.gguf_folder import gguf_to_folder
     from tests.test_chat import write_llama_gguf
 
     write_llama_gguf(tmp_path / "tiny.gguf", context=1024)
@@ -721,7 +721,7 @@ def test_sync_refuses_a_pattern_that_matches_nothing(tmp_path: Path) -> None:
 
 
 def test_dead_rows_of_a_file_that_keeps_changing_do_not_crowd_out_live_chunks(tmp_path: Path) -> None:
-    from nlpkit.retrieval import retrieve
+    from nlpkit.rag.retrieval import retrieve
 
     docs = tmp_path / "docs"
     docs.mkdir()

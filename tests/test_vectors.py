@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nlpkit import vector_eval as E
-from nlpkit import vectors as V
 from nlpkit.errors import DataError, UsageError
+from nlpkit.vectors import evaluate as E
+from nlpkit.vectors import wordvectors as V
 
 from .conftest import DATA, TABLE
 
@@ -130,7 +130,7 @@ def test_lying_word2vec_headers_are_refused_before_allocating(tmp_path) -> None:
 
 
 def test_nlpkit_file_of_another_kind_is_refused(tmp_path) -> None:
-    from nlpkit.formats import save_tensors
+    from nlpkit.io.tensors import save_tensors
 
     save_tensors(str(tmp_path / "m.safetensors"), {"w": np.zeros(2, np.float32)}, {}, kind="model")
     with pytest.raises(DataError, match="not an nlpkit vectors file"):

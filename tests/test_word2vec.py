@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nlpkit import word2vec as w2v
-from nlpkit.cli import app
+from nlpkit.cli.main import app
 from nlpkit.errors import DataError, UsageError
-from nlpkit.word2vec_trainer import GROUP, Trainer
+from nlpkit.vectors import word2vec as w2v
+from nlpkit.vectors import word2vec_corpus as w2v_corpus
+from nlpkit.vectors.word2vec_trainer import GROUP, Trainer
 
 from .conftest import run_cli
 
@@ -49,11 +50,11 @@ def cos(v: np.ndarray, words: list[str], a: str, b: str) -> float:
 
 
 def test_tokenize_lowercases_and_keeps_inner_apostrophes() -> None:
-    assert w2v.tokenize("O'er the King’s 2 ships! -- 'Tis dawn_light") == [
+    assert w2v_corpus.tokenize("O'er the King’s 2 ships! -- 'Tis dawn_light") == [
         "o'er", "the", "king's", "2", "ships", "tis", "dawn", "light",
     ]  # fmt: skip
-    assert w2v.tokenize("Ça va, Žižek? 東京") == ["ça", "va", "žižek", "東京"]
-    assert w2v.tokenize("  ...  ") == []
+    assert w2v_corpus.tokenize("Ça va, Žižek? 東京") == ["ça", "va", "žižek", "東京"]
+    assert w2v_corpus.tokenize("  ...  ") == []
 
 
 def test_vocabulary_is_sorted_by_count_then_word() -> None:
@@ -70,7 +71,7 @@ def test_vocabulary_is_sorted_by_count_then_word() -> None:
 
 def test_vocabulary_does_not_depend_on_hash_order() -> None:
     code = (
-        "from nlpkit.word2vec import build_corpus; c = build_corpus([' '.join('zyxwvutsrqponm') * 2], 1);"
+        "from nlpkit.vectors.word2vec_corpus import build_corpus; c = build_corpus([' '.join('zyxwvutsrqponm') * 2], 1);"
         "print(c.words, c.ids.tolist())"
     )
     outs = {
@@ -83,12 +84,12 @@ def test_vocabulary_does_not_depend_on_hash_order() -> None:
 
 def test_subsampling_and_noise_follow_word2vec() -> None:
     counts = np.array([1000, 100, 10, 1])
-    keep = w2v.keep_probability(counts, 0.01)  # threshold t = 0.01 * 1111
+    keep = w2v_corpus.keep_probability(counts, 0.01)  # threshold t = 0.01 * 1111
     expected = np.minimum((np.sqrt(counts / 11.11) + 1) * 11.11 / counts, 1)
     assert keep == pytest.approx(expected, rel=1e-6)
     assert keep[2:].tolist() == [1.0, 1.0]
-    assert (w2v.keep_probability(counts, 0) == 1).all()
-    table = w2v.noise_table(counts, size=1 << 16)
+    assert (w2v_corpus.keep_probability(counts, 0) == 1).all()
+    table = w2v_corpus.noise_table(counts, size=1 << 16)
     share = np.bincount(table, minlength=4) / len(table)
     assert share == pytest.approx(counts**0.75 / (counts**0.75).sum(), abs=1e-4)
 
@@ -250,7 +251,7 @@ def test_same_seed_same_bytes_across_hash_seeds(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
-    from nlpkit.vectors import load_vectors
+    from nlpkit.vectors.wordvectors import load_vectors
 
     wv = load_vectors(str(out))
     info = json.loads(wv.metadata["nlpkit.word2vec"])
@@ -278,7 +279,7 @@ def test_errors_exit_with_their_code(runner, tmp_path: Path, args: list[str], st
 
 
 def test_a_locked_output_exits_75(runner, tmp_path: Path) -> None:
-    from nlpkit.formats import lock_for
+    from nlpkit.io.files import lock_for
 
     text = tmp_path / "t.txt"
     text.write_text("a b c\n")

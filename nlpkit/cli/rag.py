@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nlpkit.cli import app
+from nlpkit.cli.app import app
 from nlpkit.cli.options import Device, InputFormat, OutputFormat, Quiet, TopK, Wait
 
 ModelOpt = Annotated[
@@ -21,7 +21,7 @@ ModelOpt = Annotated[
 ]
 
 
-@app.command("rag-index")
+@app.command("rag-index", rich_help_panel="Retrieval (RAG)")
 def rag_index_cmd(
     sources: Annotated[
         list[str] | None,
@@ -81,13 +81,13 @@ def rag_index_cmd(
     Example: nlpkit rag-index docs/ -o docs.idx && nlpkit rag-ask docs.idx "How do I ...?"
     """
     from nlpkit.errors import UsageError
-    from nlpkit.formats import Progress, say, set_quiet
+    from nlpkit.io.talk import Progress, say, set_quiet
 
     set_quiet(quiet)
     if not output:
         raise UsageError("missing -o INDEX", hint="name the index folder to build or update")
     if ann is not None:  # checked before anything is embedded or written
-        from nlpkit.ann import check_kind
+        from nlpkit.rag.ann import check_kind
 
         check_kind(ann)
     if merge:
@@ -100,7 +100,8 @@ def rag_index_cmd(
             )
         _merge(sources, output, wait, ann)
         return
-    from nlpkit import indexing, rag
+    from nlpkit.rag import index as rag
+    from nlpkit.rag import indexing
 
     settings = {"encoder": model, "chunk_size": chunk_size, "overlap": overlap}
     shard_of = indexing.parse_shard(shard)  # a bad flag fails before anything is touched
@@ -129,9 +130,10 @@ def _documents(
     number (None for records), and how many files the walk skipped (links, FIFOs, too big...)."""
     import sys
 
-    from nlpkit import indexing
-    from nlpkit.documents import discover
-    from nlpkit.formats import read_records, say
+    from nlpkit.io.records import read_records
+    from nlpkit.io.talk import say
+    from nlpkit.rag import indexing
+    from nlpkit.text.documents import discover
 
     names = list(sources or [])
     if not names:
@@ -158,9 +160,10 @@ def _documents(
 
 
 def _merge(sources: list[str] | None, output: str, wait: bool, ann: str | None) -> None:
-    from nlpkit import indexing, rag
     from nlpkit.errors import UsageError
-    from nlpkit.formats import Progress, say
+    from nlpkit.io.talk import Progress, say
+    from nlpkit.rag import index as rag
+    from nlpkit.rag import indexing
 
     if not sources:
         raise UsageError("--merge needs the shard indexes as SOURCES")
@@ -175,7 +178,7 @@ def _merge(sources: list[str] | None, output: str, wait: bool, ann: str | None) 
     say(summary.line(output))
 
 
-@app.command("rag-ask")
+@app.command("rag-ask", rich_help_panel="Retrieval (RAG)")
 def rag_ask_cmd(
     index: Annotated[str, typer.Argument(help="An index folder built by rag-index.")],
     question: Annotated[
@@ -224,10 +227,12 @@ def rag_ask_cmd(
 
     Example: nlpkit rag-ask pydocs.idx "How do I get the current working directory?"
     """
-    from nlpkit import rag, retrieval
     from nlpkit.cli.options import wants_text
     from nlpkit.errors import DataError, UsageError
-    from nlpkit.formats import RecordWriter, read_records, set_quiet, with_progress
+    from nlpkit.io.records import RecordWriter, read_records
+    from nlpkit.io.talk import set_quiet, with_progress
+    from nlpkit.rag import index as rag
+    from nlpkit.rag import retrieval
 
     set_quiet(quiet)
     text_out = not json_out and wants_text(fmt) and output == "-"
@@ -279,19 +284,19 @@ class _Answerer:
     """Loads the chat model on first use and answers from retrieved chunks."""
 
     def __init__(self, llm: str, device: str, max_new_tokens: int, temperature: float):
-        from nlpkit.generate import Sampling
+        from nlpkit.llm.generate import Sampling
 
         self.llm, self.device = llm, device
         self.sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, seed=0)
         self.chat: Any = None
 
     def __call__(self, question: str, hits: Any) -> str:
-        from nlpkit.retrieval import build_messages, clean_answer
+        from nlpkit.rag.retrieval import build_messages, clean_answer
 
         if not hits:
             return "I do not know: nothing in the index matches the question."
         if self.chat is None:
-            from nlpkit.chat import ChatModel
+            from nlpkit.llm.chat import ChatModel
 
             self.chat = ChatModel.load(spec=self.llm, device=self.device)
         reply: str = self.chat.reply(self._fit(question, hits, build_messages), self.sampling)
@@ -313,7 +318,7 @@ class _Answerer:
 
 
 def _print_text(result: dict[str, Any], answered: bool) -> None:
-    from nlpkit.retrieval import for_terminal
+    from nlpkit.rag.retrieval import for_terminal
 
     if answered:
         print(for_terminal(result["answer"]))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from nlpkit.cli import app
+from nlpkit.cli.app import app
 from nlpkit.cli.options import (
     Field,
     InputFormat,
@@ -24,7 +24,7 @@ tokenize_app = typer.Typer(
     help="Train tokenizers (BPE, WordPiece, Unigram, WordLevel, char) and encode or decode records.",
     no_args_is_help=True,
 )
-app.add_typer(tokenize_app, name="tokenize")
+app.add_typer(tokenize_app, name="tokenize", rich_help_panel="Tokenizers")
 
 BatchSize = Annotated[
     int, typer.Option("--batch-size", min=1, help="Records per encode_batch / decode_batch call.")
@@ -93,10 +93,11 @@ def train_cmd(
     import sys
     import time
 
-    from nlpkit.formats import is_quiet as quiet_now
-    from nlpkit.formats import lock_for, open_output_binary, say, set_quiet
-    from nlpkit.tokenizer import to_json
-    from nlpkit.tokenizer_train import TrainConfig, train_from_paths
+    from nlpkit.io.files import lock_for, open_output_binary
+    from nlpkit.io.talk import is_quiet as quiet_now
+    from nlpkit.io.talk import say, set_quiet
+    from nlpkit.text.tokenizer import to_json
+    from nlpkit.text.tokenizer_train import TrainConfig, train_from_paths
 
     set_quiet(quiet)
     config = TrainConfig(
@@ -168,8 +169,9 @@ def encode_cmd(
 
     Example: echo 'Hello world' | nlpkit tokenize encode -t minilm-l6-v2
     """
-    from nlpkit.formats import Progress, RecordWriter, set_quiet
-    from nlpkit.tokenizer import encode_records, load, read_batches
+    from nlpkit.io.records import RecordWriter
+    from nlpkit.io.talk import Progress, set_quiet
+    from nlpkit.text.tokenizer import encode_records, load, read_batches
 
     set_quiet(quiet)
     tok = load(tokenizer)
@@ -211,8 +213,9 @@ def decode_cmd(
     Example: nlpkit tokenize encode -t tok.json < a.txt |
     nlpkit tokenize decode -t tok.json -f text
     """
-    from nlpkit.formats import RecordWriter, set_quiet
-    from nlpkit.tokenizer import decode_records, load, read_ids
+    from nlpkit.io.records import RecordWriter
+    from nlpkit.io.talk import set_quiet
+    from nlpkit.text.tokenizer import decode_records, load, read_ids
 
     set_quiet(quiet)
     tok = load(tokenizer)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nlpkit.cli import app
+from nlpkit.cli.app import app
 from nlpkit.cli.options import (
     Device,
     InputFormat,
@@ -36,14 +36,14 @@ Field = Annotated[str, typer.Option("--field", help="Record field holding the wo
 
 def _records(words: list[str] | None, inputs: list[str] | None, fmt: str, field: str = "text") -> Any:
     """Words given as arguments, else records from -i FILE or stdin."""
-    from nlpkit.formats import read_records
+    from nlpkit.io.records import read_records
 
     if words:
         return ((f"<argument {i + 1}>", {field: w}) for i, w in enumerate(words))
     return read_records(inputs_or_stdin(inputs), field=field, fmt=fmt, string=False)
 
 
-@app.command("embed")
+@app.command("embed", rich_help_panel="Word vectors")
 def embed_cmd(
     ctx: typer.Context,
     words: Annotated[
@@ -85,7 +85,7 @@ def embed_cmd(
     Examples: echo king | nlpkit embed | jq '.vector[:3]'
     nlpkit embed -m minilm-l6-v2 -i docs.txt -o docs.safetensors
     """
-    from nlpkit.formats import set_quiet
+    from nlpkit.io.talk import set_quiet
 
     set_quiet(quiet)
     if model is not None:
@@ -119,8 +119,9 @@ def _embed_words(
     fold_case: bool,
     input_format: str,
 ) -> None:
-    from nlpkit.formats import RecordWriter, with_progress
-    from nlpkit.vectors import WordVectors, embed_records, load_vectors
+    from nlpkit.io.records import RecordWriter
+    from nlpkit.io.talk import with_progress
+    from nlpkit.vectors.wordvectors import WordVectors, embed_records, load_vectors
 
     wv = load_vectors(vectors)
     records = with_progress(_records(words, inputs, input_format, field), "embedding", output=output)
@@ -152,8 +153,10 @@ def _embed_sentences(
 ) -> None:
     import json
 
-    from nlpkit.encoder import embed_records, load_encoder
-    from nlpkit.formats import RecordWriter, provenance, save_tensors, say, with_progress
+    from nlpkit.embed.encoder import embed_records, load_encoder
+    from nlpkit.io.records import RecordWriter
+    from nlpkit.io.talk import say, with_progress
+    from nlpkit.io.tensors import provenance, save_tensors
 
     encoder = load_encoder(model, backend=backend, device=device)
     records = with_progress(_records(texts, inputs, input_format, field), "embedding", output=output)
@@ -179,7 +182,7 @@ def _embed_sentences(
             out.write(record)
 
 
-@app.command("analogy")
+@app.command("analogy", rich_help_panel="Word vectors")
 def analogy_cmd(
     terms: Annotated[
         list[str] | None,
@@ -209,13 +212,13 @@ def analogy_cmd(
     and total accuracy as gensim's evaluate_word_analogies computes it (use
     --restrict-vocab 300000 to match its default).
     """
-    from nlpkit.formats import set_quiet
-    from nlpkit.vectors import load_vectors
+    from nlpkit.io.talk import set_quiet
+    from nlpkit.vectors.wordvectors import load_vectors
 
     set_quiet(quiet)
     wv = load_vectors(vectors)
     if eval_file:
-        from nlpkit.vector_eval import evaluate_analogies
+        from nlpkit.vectors.evaluate import evaluate_analogies
 
         _write_report(evaluate_analogies(wv, eval_file, restrict_vocab, fold_case, method), output)
         return
@@ -234,7 +237,7 @@ def analogy_cmd(
     )
 
 
-@app.command("similar")
+@app.command("similar", rich_help_panel="Word vectors")
 def similar_cmd(
     words: Annotated[
         list[str] | None, typer.Argument(help="Words (default: lines or JSONL from -i / stdin).")
@@ -261,13 +264,13 @@ def similar_cmd(
     --eval FILE reports Spearman (and Pearson) correlation with human similarity scores,
     computed as gensim's evaluate_word_pairs does (tab-separated, '#' lines skipped).
     """
-    from nlpkit.formats import set_quiet
-    from nlpkit.vectors import load_vectors
+    from nlpkit.io.talk import set_quiet
+    from nlpkit.vectors.wordvectors import load_vectors
 
     set_quiet(quiet)
     wv = load_vectors(vectors)
     if eval_file:
-        from nlpkit.vector_eval import evaluate_word_pairs
+        from nlpkit.vectors.evaluate import evaluate_word_pairs
 
         _write_report(evaluate_word_pairs(wv, eval_file, restrict_vocab, fold_case), output)
         return
@@ -295,8 +298,9 @@ def _answer(
     output: str,
     **options: Any,
 ) -> None:
-    from nlpkit.formats import RecordWriter, read_records, with_progress
-    from nlpkit.vectors import answer_records, parse_expression
+    from nlpkit.io.records import RecordWriter, read_records
+    from nlpkit.io.talk import with_progress
+    from nlpkit.vectors.wordvectors import answer_records, parse_expression
 
     if terms and not options.get("neighbours"):
         parse_expression(terms)  # a malformed expression on the command line is a usage error
@@ -325,60 +329,11 @@ def _answer(
 def _write_report(report: dict[str, Any], output: str) -> None:
     import json
 
-    from nlpkit.formats import STDIO, write_bytes_atomic
+    from nlpkit.io.files import write_bytes_atomic
+    from nlpkit.io.talk import STDIO
 
     text = json.dumps(report, indent=2) + "\n"
     if output == STDIO:
         print(text, end="")
     else:
         write_bytes_atomic(output, text.encode())
-
-
-@app.command("convert")
-def convert_cmd(
-    source: Annotated[
-        str,
-        typer.Argument(help="Vectors (named asset, .safetensors, GloVe or word2vec file) or a .gguf model."),
-    ],
-    output: Annotated[
-        str, typer.Option("-o", "--output", help="Output FILE (written atomically); a folder for a model.")
-    ],
-    to: Annotated[
-        str, typer.Option("--to", help="auto (by extension), nlpkit, glove, word2vec, word2vec-bin.")
-    ] = "auto",
-    source_format: Annotated[
-        str, typer.Option("--from", help="auto, nlpkit, glove, word2vec, word2vec-bin or gguf.")
-    ] = "auto",
-    quiet: Quiet = False,
-) -> None:
-    """Convert word vectors (nlpkit safetensors, GloVe text, word2vec text/binary), or a GGUF
-    model into an nlpkit model folder.
-
-    Vectors: every row is validated on the way in. A .gguf model (llama.cpp's format, llama
-    architecture) becomes a folder of config.json, model.safetensors (float32, Hugging Face
-    names), tokenizer.json and its chat template, which every model command accepts;
-    quantized weights (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K...) are dequantized.
-
-    Examples: nlpkit convert glove.txt -o glove.safetensors;
-    nlpkit convert SmolLM2-135M-Instruct.Q4_1.gguf -o smollm2
-    """
-
-    from nlpkit.formats import say, set_quiet
-    from nlpkit.vectors import load_vectors, save_as
-
-    set_quiet(quiet)
-    from nlpkit.gguf import is_gguf
-
-    gguf = is_gguf(source) or source.lower().endswith(".gguf")
-    if source_format == "gguf" or (source_format == "auto" and gguf):
-        from nlpkit.cli.chat import convert_gguf
-
-        if to not in ("auto", "nlpkit"):
-            from nlpkit.errors import UsageError
-
-            raise UsageError("a GGUF model converts to an nlpkit model folder only (--to auto)")
-        convert_gguf(source, output)
-        return
-    wv = load_vectors(source, source_format)
-    save_as(wv, output, to)
-    say(f"wrote {len(wv)} vectors of {wv.dim} dims to {output}")

@@ -6,11 +6,11 @@ from typing import Annotated
 
 import typer
 
-from nlpkit.cli import app
+from nlpkit.cli.app import app
 from nlpkit.cli.options import Device, InputFormat, Inputs, Output, Quiet, Seed, Wait, inputs_or_stdin
 
 
-@app.command("train-word2vec")
+@app.command("train-word2vec", rich_help_panel="Word vectors")
 def train_word2vec_cmd(
     output: Output,
     inputs: Inputs = None,
@@ -61,9 +61,10 @@ def train_word2vec_cmd(
     """
     import contextlib
 
-    from nlpkit import word2vec as w2v
     from nlpkit.errors import Interrupted
-    from nlpkit.formats import lock_for, say, set_quiet
+    from nlpkit.io.files import lock_for
+    from nlpkit.io.talk import say, set_quiet
+    from nlpkit.vectors import word2vec as w2v
 
     set_quiet(quiet)
     cfg = w2v.Word2VecConfig(

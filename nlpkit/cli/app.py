@@ -1,0 +1,79 @@
+"""The nlpkit command line: a Typer app whose commands are thin glue over the library.
+
+Only typer and nlpkit.errors are imported at module level (``nlpkit --help`` and TAB
+completion stay fast); every command imports the library module it needs inside its body.
+Each command family lives in its own module here and registers itself on ``app``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from nlpkit import __version__
+from nlpkit.errors import NlpkitError
+
+
+class _Root(TyperGroup):
+    """Turns every NlpkitError into one stderr line and its exit code (the one place)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NlpkitError as e:
+            if os.environ.get("NLPKIT_DEBUG", "") not in ("", "0"):
+                raise
+            sys.stdout.flush()
+            print(f"nlpkit: error: {e}", file=sys.stderr, flush=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:  # Ctrl-C: what was written is whole; say so in one line
+            if os.environ.get("NLPKIT_DEBUG", "") not in ("", "0"):
+                raise
+            print("\nnlpkit: interrupted", file=sys.stderr, flush=True)
+            raise typer.Exit(130) from None
+        except OSError as e:  # a full disk or a failing device under stdout: 74, one line
+            import errno
+
+            if e.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG) or os.environ.get(
+                "NLPKIT_DEBUG", ""
+            ) not in ("", "0"):
+                raise
+            where = e.filename or "<stdout>"
+            print(f"nlpkit: error: {where}: cannot write ({e.strerror})", file=sys.stderr, flush=True)
+            raise typer.Exit(74) from None
+
+
+app = typer.Typer(
+    name="nlpkit",
+    cls=_Root,
+    help="Unix-style NLP toolbox: word vectors, tokenizers, language models, RAG. "
+    "Commands read text or JSONL on stdin (or FILE) and write JSONL on stdout.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"nlpkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """nlpkit: small commands over word vectors, tokenizers and language models.
+
+    Exit status: 0 ok, 1 failure, 2 usage, 65 bad input data, 66 input missing,
+    69 dependency or device unavailable, 74 I/O error, 75 locked, 130 interrupted,
+    143 stopped after a checkpoint. Set NLPKIT_DEBUG=1 for tracebacks.
+    """

@@ -1,0 +1,217 @@
+"""Pretrained-model commands: chat, convert, export."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from nlpkit.cli.app import app
+from nlpkit.cli.options import (
+    Device,
+    DType,
+    GenBatch,
+    InputFormat,
+    Inputs,
+    MaxNewTokens,
+    MaybeSeed,
+    ModelSpec,
+    Output,
+    OutputFormat,
+    Quiet,
+    SampleTopK,
+    Stop,
+    Temperature,
+    TopP,
+    inputs_or_stdin,
+    wants_text,
+)
+from nlpkit.errors import UsageError
+
+DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
+System = Annotated[
+    str | None,
+    typer.Option("--system", help="A system prompt (default: the model template's own).", show_default=False),
+]
+
+
+@app.command("chat", rich_help_panel="Pretrained LLMs")
+def chat_cmd(
+    model: Annotated[
+        str,
+        typer.Argument(help="A model folder, a .gguf file, or a named model.", envvar="NLPKIT_CHAT_MODEL"),
+    ] = DEFAULT_CHAT_MODEL,
+    system: System = None,
+    inputs: Inputs = None,
+    max_new_tokens: MaxNewTokens = 512,
+    temperature: Temperature = 0.7,
+    top_k: SampleTopK = 0,
+    top_p: TopP = 0.9,
+    stop: Stop = None,
+    seed: MaybeSeed = None,
+    batch_size: GenBatch = 1,
+    device: Device = "auto",
+    dtype: DType = "auto",
+    input_format: InputFormat = "auto",
+    output: Output = "-",
+    quiet: Quiet = False,
+) -> None:
+    """Talk to an instruction-tuned model.
+
+    On a terminal: an interactive conversation, the reply streaming as it is generated
+    (/reset starts over, /exit or Ctrl-D leaves, Ctrl-C cuts a reply short). In a pipe: one
+    conversation per JSONL line, {"messages": [{"role": "user", "content": "..."}]} (or a
+    plain line: one user turn), written back as the same record plus "reply".
+
+    Example: echo '{"messages":[{"role":"user","content":"Hi!"}]}' | nlpkit chat --temperature 0
+    """
+    import sys
+
+    from nlpkit.io.records import RecordWriter, read_records
+    from nlpkit.io.talk import set_quiet
+    from nlpkit.llm.chat import ChatModel, chat_records
+    from nlpkit.llm.generate import Sampling
+
+    set_quiet(quiet)
+    s = Sampling(max_new_tokens, temperature, top_k, top_p, list(stop or []), seed)
+    interactive = not inputs and sys.stdin.isatty() and output == "-"
+    bot = ChatModel.load(model, device, dtype)
+    if interactive:
+        _interactive(bot, s, system)
+        return
+    records = read_records(list(inputs or ["-"]), field="text", fmt=input_format, required=False)
+    with RecordWriter(output, flush_every=1) as out:
+        out.write_all(chat_records(bot, records, s, system, batch_size))
+
+
+def _interactive(bot: Any, s: Any, system: str | None) -> None:
+    import contextlib
+    import sys
+
+    from nlpkit.io.talk import say
+
+    with contextlib.suppress(ImportError):  # line editing and history for input()
+        import readline  # noqa: F401
+    say("chatting; /reset starts over, /exit or Ctrl-D leaves, Ctrl-C stops a reply")
+    start = [{"role": "system", "content": system}] if system else []
+    history = list(start)
+    turn = 0
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            sys.stdout.write("\n")
+            return
+        except KeyboardInterrupt:
+            sys.stdout.write("\n")
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return
+        if text == "/reset":
+            history = list(start)
+            say("conversation cleared")
+            continue
+        history.append({"role": "user", "content": line})
+        history = _fit(bot, history, s.max_new_tokens)
+        reply = []
+        try:
+            for piece in bot.stream(history, s.for_record(turn)):
+                reply.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            say("(stopped)")
+        sys.stdout.write("\n")
+        history.append({"role": "assistant", "content": "".join(reply)})
+        turn += 1
+
+
+def _fit(bot: Any, history: list[dict[str, str]], room: int) -> list[dict[str, str]]:
+    """Drop the oldest turns (never the system prompt) until the prompt and ``room`` new
+    tokens fit in the model's window."""
+    from nlpkit.io.talk import say
+    from nlpkit.text.chat_template import encode_chat
+
+    window = bot.gen.cfg.block_size
+    dropped = 0
+    while len(history) > 1:
+        if len(encode_chat(bot.gen.tok, bot.template, history)) + min(room, window // 2) < window:
+            break
+        first = 1 if history[0]["role"] == "system" else 0
+        if first >= len(history) - 1:
+            break
+        del history[first]
+        dropped += 1
+    if dropped:
+        say(f"dropped the {dropped} oldest messages to fit the model's {window}-token window")
+    return history
+
+
+@app.command("generate", rich_help_panel="Pretrained LLMs")
+def generate_cmd(
+    model: ModelSpec,
+    prompts: Annotated[
+        list[str] | None,
+        typer.Argument(help="Prompts (default: records from -i / stdin).", show_default=False),
+    ] = None,
+    inputs: Inputs = None,
+    max_new_tokens: MaxNewTokens = 200,
+    temperature: Temperature = 0.8,
+    top_k: SampleTopK = 0,
+    top_p: TopP = 1.0,
+    stop: Stop = None,
+    seed: MaybeSeed = None,
+    chat: Annotated[
+        bool, typer.Option("--chat", help="Wrap each prompt in the model's chat template (one user turn).")
+    ] = False,
+    system: Annotated[
+        str | None, typer.Option("--system", help="With --chat: a system prompt.", show_default=False)
+    ] = None,
+    batch_size: GenBatch = 1,
+    field: Annotated[str | None, typer.Option("--field", help="Record field holding the prompt.")] = None,
+    device: Device = "auto",
+    dtype: DType = "auto",
+    input_format: InputFormat = "auto",
+    fmt: OutputFormat = "auto",
+    output: Output = "-",
+    quiet: Quiet = False,
+) -> None:
+    """Complete prompts with a model: one you trained, a .gguf file, or a named model.
+
+    On a terminal the text streams as it is sampled; in a pipe each prompt becomes a JSONL
+    record: its input fields plus "completion" (generated --batch-size at a time). Prompt i
+    is drawn with --seed + i, so a seed gives the same text on every run. The encoder-decoder
+    reads the "input" field. --chat applies the model's chat template to each prompt.
+
+    Example: nlpkit generate smollm2-135m-instruct --chat "Name three rivers." --temperature 0
+    """
+    import sys
+
+    from nlpkit.io.records import RecordWriter, read_records
+    from nlpkit.io.talk import set_quiet
+    from nlpkit.llm.complete import Completer
+    from nlpkit.llm.generate import Sampling
+
+    set_quiet(quiet)
+    s = Sampling(max_new_tokens, temperature, top_k, top_p, list(stop or []), seed)
+    if system is not None and not chat:
+        raise UsageError("--system needs --chat")
+    completer = Completer.load(model, device, dtype, chat, system)
+    field = field or completer.default_field
+    if prompts:
+        records: Any = ((f"<argument {i + 1}>", {field: p}) for i, p in enumerate(prompts))
+    else:
+        records = read_records(inputs_or_stdin(inputs), field=field, fmt=input_format)
+    if output != "-" or not wants_text(fmt):
+        with RecordWriter(output, flush_every=1) as out:
+            out.write_all(completer.records(records, s, field, batch_size))
+        return
+    for i, (_, record) in enumerate(records):
+        for piece in completer.stream(record[field], s.for_record(i)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()

@@ -1,0 +1,172 @@
+"""Tensors on disk: safetensors written deterministically and atomically, read memory-mapped
+after the header has been checked against the file (nothing trusted, no pickles), plus the
+provenance metadata every artifact carries and file hashing.
+
+    save_tensors("m.safetensors", {"w": array}, provenance(), kind="model.llama")
+    tensors, metadata = load_tensors("m.safetensors")   # read-only arrays over an mmap
+
+Part of the pipe contract (the io room).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import mmap
+import os
+import shlex
+import sys
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from nlpkit import __version__
+from nlpkit.errors import DataError, InputMissing
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+_ST_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+    "I8": "i1", "U8": "u1", "BOOL": "?",
+}  # fmt: skip
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit
+
+
+def provenance(**extra: str) -> dict[str, str]:
+    """Metadata every artifact carries: nlpkit version, the command line, plus ``extra``."""
+    meta = {"nlpkit.version": __version__, "nlpkit.command": shlex.join(["nlpkit", *sys.argv[1:]])}
+    meta.update(extra)
+    return meta
+
+
+def save_tensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str], *, kind: str) -> None:
+    """Write a safetensors file (atomically; ``-`` is stdout) with str->str ``metadata``."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    meta = {"nlpkit.kind": kind, **metadata}
+    bad = [k for k, v in meta.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"safetensors metadata must be str->str: {bad}")
+    data = save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=meta)
+    from nlpkit.io.files import open_output_binary
+
+    with open_output_binary(path) as f:
+        f.write(_sorted_header(data))
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """safetensors writes metadata in Rust hash order, which changes from run to run: rewrite the
+    header with sorted keys (padded with spaces to 8 bytes, as safetensors does) so that the same
+    tensors and metadata always give the same bytes."""
+    n = int.from_bytes(data[:8], "little")
+    header = orjson.dumps(orjson.loads(data[8 : 8 + n]), option=orjson.OPT_SORT_KEYS)
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data[8 + n :]
+
+
+def read_safetensors_header(path: str, data: bytes | mmap.mmap) -> tuple[dict[str, Any], dict[str, str], int]:
+    """Validate a safetensors header against the file's real size before trusting it.
+
+    Returns ``(tensors, metadata, data_start)``. Every way a header can lie (length past the
+    end, bad JSON, duplicate names, non-string metadata, offsets outside the file, overlaps,
+    a shape that does not match its byte span) is a ``DataError`` naming the file.
+    """
+    size = len(data)
+    if size < 8:
+        raise DataError("not a safetensors file (shorter than 8 bytes)", where=path)
+    n = int.from_bytes(data[:8], "little")
+    if n > size - 8 or n > MAX_HEADER_BYTES:
+        raise DataError(f"safetensors header claims {n} bytes but the file has {size - 8}", where=path)
+    try:
+        header = orjson.loads(bytes(data[8 : 8 + n]))
+    except orjson.JSONDecodeError:
+        raise DataError("safetensors header is not valid JSON", where=path) from None
+    if not isinstance(header, dict):
+        raise DataError("safetensors header is not a JSON object", where=path)
+    _check_duplicate_keys(bytes(data[8 : 8 + n]), path)
+    meta = header.pop("__metadata__", {}) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise DataError("safetensors metadata must map strings to strings", where=path)
+    start, span = 8 + n, size - 8 - n
+    spans = []
+    for name, info in header.items():
+        spans.append(_check_tensor_entry(path, name, info, span))
+    spans.sort()
+    for (_, e0, a), (b1, _, b) in itertools.pairwise(spans):
+        if b1 < e0:
+            raise DataError(f"tensors {a!r} and {b!r} overlap", where=path)
+    return header, meta, start
+
+
+def _check_duplicate_keys(raw: bytes, path: str) -> None:
+    import json
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        if len(keys) != len(set(keys)):
+            raise DataError("safetensors header has duplicate tensor names", where=path)
+        return dict(pairs)
+
+    json.loads(raw, object_pairs_hook=hook)
+
+
+def _check_tensor_entry(path: str, name: str, info: Any, span: int) -> tuple[int, int, str]:
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(info, dict):
+        raise DataError("entry is not an object", where=where)
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in _ST_DTYPES:
+        raise DataError(f"unsupported dtype {dtype!r}", where=where)
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise DataError("bad shape", where=where)
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        raise DataError("bad data_offsets", where=where)
+    begin, end = offsets
+    if not 0 <= begin <= end <= span:
+        raise DataError(f"data_offsets [{begin}, {end}] outside the {span} data bytes", where=where)
+    import numpy as np
+
+    if math.prod(shape) * np.dtype(_ST_DTYPES[dtype]).itemsize != end - begin:
+        raise DataError(f"shape {shape} does not match {end - begin} bytes of {dtype}", where=where)
+    return begin, end, name
+
+
+def load_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read a safetensors file memory-mapped (read-only arrays, no copy) after validation."""
+    import numpy as np
+
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - the mmap keeps its own reference
+    except FileNotFoundError:
+        raise InputMissing("no such file", where=path) from None
+    except IsADirectoryError:
+        raise InputMissing("is a directory, expected a .safetensors file", where=path) from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise DataError("empty file, not safetensors", where=path)
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    header, meta, start = read_safetensors_header(path, mm)
+    tensors = {}
+    for name, info in header.items():
+        begin = info["data_offsets"][0]
+        dtype = np.dtype(_ST_DTYPES[info["dtype"]])
+        count = math.prod(info["shape"])
+        if count == 0:  # frombuffer refuses an offset at the very end of the buffer
+            tensors[name] = np.zeros(info["shape"], dtype)
+            continue
+        arr = np.frombuffer(mm, dtype=dtype, count=count, offset=start + begin)
+        tensors[name] = arr.reshape(info["shape"])
+    return tensors, meta
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,141 @@
+"""Model configuration (Hugging Face Llama config.json keys) for every architecture; importable
+without torch."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nlpkit.errors import DataError, InputMissing, UsageError
+
+ARCHS = ("lstm", "llama", "seq2seq")
+MODEL_TYPES = {"lstm": "nlpkit-lstm", "llama": "llama", "seq2seq": "nlpkit-seq2seq"}
+IGNORE = -100  # target id that takes no part in the loss (Hugging Face's convention)
+
+
+@dataclass
+class ModelConfig:
+    """The shape of a model; ``to_hf``/``from_hf`` map it to and from config.json.
+
+    Field names are nanoGPT's (the flags mirror them: ``--n-embd``); config.json uses
+    Hugging Face's keys (``hidden_size``...), so transformers reads a llama folder as it is.
+    """
+
+    arch: str = "llama"
+    vocab_size: int = 256
+    block_size: int = 256  # longest sequence trained on (max_position_embeddings)
+    n_layer: int = 4  # layers (seq2seq: in the encoder and in the decoder each)
+    n_embd: int = 128
+    n_head: int = 4
+    n_kv_head: int | None = None  # key/value heads; None: n_head; fewer: grouped-query attention
+    head_dim: int | None = None  # None: n_embd // n_head
+    intermediate_size: int | None = None  # feed-forward width; None: see ffn_size()
+    dropout: float = 0.0
+    tie_embeddings: bool = True  # the output head shares the token embedding matrix
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    bos_id: int | None = None
+    eos_id: int | None = None
+    pad_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise UsageError(f"unknown architecture {self.arch!r}", hint=f"use one of {', '.join(ARCHS)}")
+        for name in ("vocab_size", "block_size", "n_layer", "n_embd", "n_head"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError("--dropout must be in [0, 1)")
+        if self.arch == "lstm":
+            return
+        if self.head_dim is None and self.n_embd % self.n_head:
+            raise UsageError(f"--n-embd {self.n_embd} is not a multiple of --n-head {self.n_head}")
+        if self.n_head % self.kv_heads:
+            raise UsageError(f"--n-head {self.n_head} is not a multiple of --n-kv-head {self.kv_heads}")
+        if self.hs % 2:
+            raise UsageError(f"the head size ({self.hs}) must be even for rotary embeddings")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hs(self) -> int:
+        """Size of one attention head."""
+        return self.head_dim or self.n_embd // self.n_head
+
+    def ffn_size(self) -> int:
+        """SwiGLU's three matrices of 8/3 n_embd (floored to 16) hold as many weights as a GPT-2
+        MLP's two of 4 n_embd (576 -> 1536, SmolLM2's); seq2seq keeps the paper's 4 n_embd."""
+        if self.intermediate_size:
+            return self.intermediate_size
+        return 4 * self.n_embd if self.arch == "seq2seq" else 8 * self.n_embd // 3 // 16 * 16 or 16
+
+    def to_hf(self) -> dict[str, Any]:
+        """config.json: Hugging Face's keys (LlamaConfig for llama), nlpkit's extras under "nlpkit"."""
+        d: dict[str, Any] = {"model_type": MODEL_TYPES[self.arch]}
+        d |= {hf: getattr(self, ours) for ours, hf in _HF_KEYS.items()}
+        if self.arch == "llama":
+            d |= {"architectures": ["LlamaForCausalLM"], "hidden_act": "silu", "attention_bias": False,
+                  "mlp_bias": False, "attention_dropout": 0.0}  # fmt: skip
+        else:  # no attention heads in an LSTM, no rotary embeddings or RMSNorm in either
+            d = {k: v for k, v in d.items() if k not in ("rope_theta", "rms_norm_eps")}
+            d |= {"hidden_act": "relu"} if self.arch == "seq2seq" else {}
+        if self.arch != "lstm":
+            d |= {
+                "intermediate_size": self.ffn_size(),
+                "num_key_value_heads": self.kv_heads,
+                "head_dim": self.hs,
+            }
+        else:
+            d.pop("num_attention_heads")
+        d |= {"torch_dtype": "float32", "nlpkit": {"arch": self.arch, "dropout": self.dropout}}
+        return d
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any], where: str = "config.json") -> ModelConfig:
+        """Read a config.json written by nlpkit or by transformers (a Llama checkpoint)."""
+        extra = d.get("nlpkit") or {}
+        arch = extra.get("arch") or {v: k for k, v in MODEL_TYPES.items()}.get(d.get("model_type", ""))
+        if arch is None:
+            raise DataError(f"unsupported model_type {d.get('model_type')!r}", where=where,
+                            hint="nlpkit reads llama, nlpkit-lstm and nlpkit-seq2seq models")  # fmt: skip
+        kw: dict[str, Any] = {ours: d[hf] for ours, hf in _HF_KEYS.items() if d.get(hf) is not None}
+        if "rope_theta" not in kw and isinstance(d.get("rope_parameters"), dict):  # transformers >= 5
+            kw["rope_theta"] = d["rope_parameters"].get("rope_theta", 10000.0)
+        kw["intermediate_size"] = d.get("intermediate_size")
+        kw["n_kv_head"], kw["head_dim"] = d.get("num_key_value_heads"), d.get("head_dim")
+        plain = not (d.get("rope_scaling") or d.get("attention_bias") or d.get("mlp_bias"))
+        if arch == "llama" and (d.get("hidden_act", "silu") != "silu" or not plain):
+            raise DataError("only plain Llama models (silu, no rope scaling, no biases) load", where=where)
+        try:
+            return cls(arch=arch, dropout=float(extra.get("dropout", 0.0)), **kw)
+        except (UsageError, TypeError) as e:
+            raise DataError(f"invalid model config ({e})", where=where) from None
+
+
+_HF_KEYS = {
+    "vocab_size": "vocab_size", "block_size": "max_position_embeddings", "n_layer": "num_hidden_layers",
+    "n_embd": "hidden_size", "n_head": "num_attention_heads", "tie_embeddings": "tie_word_embeddings",
+    "rope_theta": "rope_theta", "norm_eps": "rms_norm_eps", "bos_id": "bos_token_id",
+    "eos_id": "eos_token_id", "pad_id": "pad_token_id",
+}  # fmt: skip
+
+
+def read_config(folder: str | Path) -> ModelConfig:
+    path = Path(folder) / "config.json"
+    if not Path(folder).is_dir():
+        raise InputMissing(
+            "no such model folder", where=str(folder), hint="give a folder written by nlpkit train-*"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputMissing("no config.json in the model folder", where=str(folder)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"config.json is not valid JSON ({e})", where=str(path)) from None
+    if not isinstance(data, dict):
+        raise DataError("config.json is not a JSON object", where=str(path))
+    return ModelConfig.from_hf(data, str(path))
