@@ -305,10 +305,17 @@ def eval_cmd(
     import json
 
     from nlpkit.io.talk import set_quiet
+    from nlpkit.llm.onnx_decoder import is_onnx_folder
     from nlpkit.lm.train.evaluate import eval_model
+    from nlpkit.store.resolve import resolve_model
 
     set_quiet(quiet)
     files = [*(paths or []), *(inputs or [])] or ["-"]
+    if is_onnx_folder(resolve_model(model)):  # quantized: ONNX Runtime scores it
+        from nlpkit.llm.onnx_decoder import eval_onnx_model
+
+        print(json.dumps(eval_onnx_model(model, files, field=field, fmt=input_format, device=device)))
+        return
     print(
         json.dumps(
             eval_model(model, files, field=field, fmt=input_format, batch_size=batch_size, device=device)

@@ -94,7 +94,10 @@ def lock_for(output: str | os.PathLike[str], wait: bool = False) -> Iterator[Non
     Another run holding it: ``Locked`` (exit 75) naming its PID, or block with ``wait``.
     """
     lock_path = f"{output}.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a read-only or missing place: one line, exit 74, never a traceback
+        raise IOFailure(f"cannot create the lock file ({e.strerror})", where=lock_path) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -98,6 +98,13 @@ class Generator:
         self.decoder = model
         if dtype not in DTYPES:
             raise UsageError(f"unknown --dtype {dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
+        if getattr(model, "is_onnx", False):  # a quantized model runs in its own precision
+            if dtype not in ("auto", "float32"):
+                raise UsageError(
+                    f"--dtype {dtype} does not apply to a quantized (ONNX Runtime) model",
+                    hint="leave --dtype out; the weights are already int4/int8",
+                )
+            dtype = "float32"
         self.dtype = "float32" if cfg.arch != "llama" or (dtype == "auto" and cfg.n_embd < 256) else dtype
         if self.dtype == "auto":
             self.dtype = "float16"
@@ -121,6 +128,12 @@ class Generator:
         from nlpkit.text.tokenizer import load
 
         folder = resolve_model(str(spec))
+        if (folder / "model.onnx").is_file():  # quantized: ONNX Runtime decodes, torch samples
+            from nlpkit.llm.onnx_decoder import OnnxDecoder
+            from nlpkit.lm.config import read_config
+
+            decoder = OnnxDecoder.load(folder, device)
+            return cls(decoder, read_config(folder), load(str(folder)), "cpu", dtype)
         device = resolve_device(device)
         model, cfg = load_model(folder, device)
         return cls(model, cfg, load(str(folder)), device, dtype)

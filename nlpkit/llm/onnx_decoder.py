@@ -1,0 +1,217 @@
+"""The ONNX Runtime backend: a quantized model folder (``nlpkit quantize``) that decodes like the
+torch Llama, so ``Generator`` (sampling, stop strings, streaming, batching, chat templates) runs
+it unchanged.
+
+    model = OnnxDecoder.load("q4/")                 # model.onnx + quantization.json, checked
+    cache = model.new_cache(B, max_len)            # KV buffers owned by ONNX Runtime
+    logits = model.step(ids, cache)                # (B, vocab); prefill or one token per row
+
+The graph (quantize.graph) takes right-padded rows and per-row lengths; the torch protocol the
+Generator speaks is left-padded, so ``__call__`` moves each row's tokens to the left. Keys and
+values live in one preallocated buffer per layer, bound as both the past input and the present
+output (GroupQueryAttention's shared-buffer mode), so a decode step copies no cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nlpkit.errors import DataError, InputMissing, Unavailable, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from nlpkit.lm.config import ModelConfig
+
+MODEL_FILE = "model.onnx"
+RECEIPT = "quantization.json"
+
+
+def is_onnx_folder(folder: str | Path) -> bool:
+    return (Path(folder) / MODEL_FILE).is_file()
+
+
+def read_receipt(folder: str | Path) -> dict[str, Any]:
+    """``quantization.json``, checked: a damaged receipt is bad data (65), a missing one 66."""
+    path = Path(folder) / RECEIPT
+    try:
+        receipt = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputMissing(
+            "no quantization.json beside model.onnx", where=str(path.parent), hint="quantize the model again"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError("damaged quantization receipt (not JSON)", where=str(path)) from None
+    if not isinstance(receipt, dict) or not isinstance(receipt.get("model_sha256"), str):
+        raise DataError("damaged quantization receipt (no model_sha256)", where=str(path))
+    return receipt
+
+
+def session_options(threads: int | None = None) -> Any:
+    from nlpkit.io.deps import allowed_cores, require
+
+    ort = require("onnxruntime", "a quantized model")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or allowed_cores()
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return so
+
+
+def open_session(path: Path, device: str = "cpu", threads: int | None = None) -> Any:
+    """An InferenceSession on ``device`` (cpu, cuda, auto); cuda without its provider is 69."""
+    from nlpkit.io.deps import require
+
+    ort = require("onnxruntime", "a quantized model")
+    available = ort.get_available_providers()
+    if device not in ("cpu", "auto", "cuda") and not device.startswith("cuda:"):
+        raise UsageError(f"unknown --device {device!r}", hint="use cpu, cuda or auto")
+    want_cuda = device.startswith("cuda") or (device == "auto" and "CUDAExecutionProvider" in available)
+    if want_cuda and "CUDAExecutionProvider" not in available:
+        raise Unavailable(
+            "--device cuda: ONNX Runtime has no CUDA execution provider here",
+            hint="pip install onnxruntime-gpu (in place of onnxruntime), or use --device cpu",
+        )
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
+    try:
+        sess = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... on a damaged file
+        raise DataError(f"ONNX Runtime cannot load the model ({str(e)[:200]})", where=str(path)) from None
+    if want_cuda and "CUDAExecutionProvider" not in sess.get_providers():
+        raise Unavailable("--device cuda: the CUDA execution provider did not start", hint="use --device cpu")
+    return sess
+
+
+class OnnxCache:
+    """Keys and values of every layer for B rows: ONNX Runtime buffers (B, n_kv, max_len, hs)
+    shared by the past input and the present output; ``lengths`` (B,) real tokens per row."""
+
+    def __init__(self, cfg: ModelConfig, B: int, max_len: int, device: str):
+        from nlpkit.io.deps import require
+
+        ort = require("onnxruntime", "a quantized model")
+        self.max_len = min(max_len or cfg.block_size, cfg.block_size)
+        self.device = "cuda" if device.startswith("cuda") else "cpu"
+        shape = (B, cfg.kv_heads, self.max_len, cfg.hs)
+        self.kv = [
+            (ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self.device),
+             ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self.device))
+            for _ in range(cfg.n_layer)
+        ]  # fmt: skip
+        self.lengths = np.zeros(B, dtype=np.int64)
+
+    @property
+    def pos(self) -> int:
+        """Positions used by the longest row (the Generator stops or restarts at ``max_len``)."""
+        return int(self.lengths.max()) if len(self.lengths) else 0
+
+
+class OnnxDecoder:
+    """A quantized decoder in ONNX Runtime with the torch Llama's generation protocol."""
+
+    is_onnx = True
+
+    def __init__(self, session: Any, cfg: ModelConfig, device: str = "cpu"):
+        self.session, self.cfg, self.device = session, cfg, device
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "cpu", threads: int | None = None) -> OnnxDecoder:
+        """Open ``folder/model.onnx`` after checking it against its receipt's SHA-256."""
+        from nlpkit.io.tensors import sha256_file
+        from nlpkit.lm.config import read_config
+
+        folder = Path(folder)
+        receipt = read_receipt(folder)
+        if sha256_file(folder / MODEL_FILE) != receipt["model_sha256"]:
+            raise DataError(
+                "model.onnx does not match its receipt's SHA-256 (damaged or replaced)",
+                where=str(folder / MODEL_FILE),
+                hint="quantize the model again",
+            )
+        return cls(open_session(folder / MODEL_FILE, device, threads), read_config(folder), device)
+
+    def new_cache(self, B: int = 1, max_len: int = 0) -> OnnxCache:
+        return OnnxCache(self.cfg, B, max_len, self.device)
+
+    def __call__(
+        self, idx: torch.Tensor, cache: OnnxCache | None = None, pad_mask: Any = None
+    ) -> tuple[Any, None]:
+        """Logits (B, 1, vocab) of each row's last real token: left-padded rows (``pad_mask``
+        True for real tokens) as the torch model takes them; without a cache, a fresh one."""
+        ids = idx.cpu().numpy()
+        mask = np.ones(ids.shape, dtype=bool) if pad_mask is None else pad_mask.cpu().numpy().astype(bool)
+        rows = [row[m] for row, m in zip(ids, mask, strict=True)]
+        if cache is None:
+            cache = self.new_cache(len(rows), max(len(r) for r in rows))
+        return self.run(rows, cache)[:, None], None
+
+    def step(self, idx: torch.Tensor, cache: OnnxCache) -> torch.Tensor:
+        """(B, vocab) logits after appending ``idx`` (B, T) to every row."""
+        return self.run(list(idx.cpu().numpy()), cache)
+
+    def run(self, rows: list[np.ndarray], cache: OnnxCache, every: bool = False) -> torch.Tensor:
+        """Append each row's new tokens to the cache; logits of each row's last new token
+        (``every``: of every new position, (B, T, vocab), rows right-padded)."""
+        import torch
+
+        B, T = len(rows), max(len(r) for r in rows)
+        new = np.array([len(r) for r in rows], dtype=np.int64)
+        if int((cache.lengths + new).max()) > cache.max_len:
+            raise UsageError(f"the sequence outgrows the cache of {cache.max_len} positions")
+        ids = np.zeros((B, T), dtype=np.int64)
+        for b, r in enumerate(rows):
+            ids[b, : len(r)] = r
+        total = cache.lengths + new
+        mask = (np.arange(int(total.max()))[None] < total[:, None]).astype(np.int64)
+        index = np.arange(T)[None].repeat(B, 0) if every else (new - 1)[:, None]
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        binding.bind_cpu_input("logits_index", np.ascontiguousarray(index, dtype=np.int64))
+        binding.bind_output("logits", "cpu")  # first: get_outputs()[0]
+        for i, (k, v) in enumerate(cache.kv):
+            binding.bind_ortvalue_input(f"past_key_values.{i}.key", k)
+            binding.bind_ortvalue_input(f"past_key_values.{i}.value", v)
+            binding.bind_ortvalue_output(f"present.{i}.key", k)
+            binding.bind_ortvalue_output(f"present.{i}.value", v)
+        self.session.run_with_iobinding(binding)
+        cache.lengths = total
+        logits = torch.from_numpy(binding.get_outputs()[0].numpy())
+        return logits if every else logits[:, 0]
+
+
+def eval_onnx_model(
+    spec: str, paths: list[str], *, field: str = "text", fmt: str = "auto", device: str = "cpu"
+) -> dict[str, Any]:
+    """``nlpkit eval`` on a quantized folder: the same windows and counting as the torch path
+    (lm.train.evaluate), each window one prefill with every position's logits."""
+    import math
+
+    import torch
+    from torch.nn import functional as F
+
+    from nlpkit.lm.train.data import TokenStream, load_data
+    from nlpkit.store.resolve import resolve_model
+    from nlpkit.text.tokenizer import load
+
+    folder = resolve_model(spec)
+    decoder = OnnxDecoder.load(folder, device)
+    cfg = decoder.cfg
+    window = min(cfg.block_size, 1024)
+    dataset = TokenStream(load_data(paths, load(str(folder)), cfg, field, fmt), window, train=False)
+    if len(dataset) == 0:
+        raise DataError("too little text to evaluate (fewer than 2 tokens)", where=", ".join(paths))
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for x, y in dataset.eval_batches(1):
+            logits = decoder.run(list(x.numpy()), decoder.new_cache(x.size(0), x.size(1)), every=True)
+            total += F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum"
+            ).item()
+            count += int((y != -100).sum())
+    loss = total / max(count, 1)
+    return {"model": spec, "loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
