@@ -247,3 +247,34 @@ def test_quantize_help_does_not_import_torch_or_onnx() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, env=os.environ)
     assert r.returncode == 0, r.stderr.decode()
+
+
+def test_sentence_encoder_quantizes_to_int8_for_embed_and_rag(
+    runner: Any, tiny_bert: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "bert-int8"
+    r = runner.invoke(app, ["quantize", str(tiny_bert), "-o", str(out)])
+    assert r.exit_code == 2 and "int8 only" in r.stderr and not out.exists()
+    text = tmp_path / "held.txt"
+    text.write_text(
+        "\n\n".join(f"Paragraph {i} talks about topic number {i} at some length. " * 3 for i in range(12))
+    )
+    r = runner.invoke(
+        app, ["quantize", str(tiny_bert), "-o", str(out), "--bits", "8", "--eval-text", str(text)]
+    )
+    assert r.exit_code == 0, r.stderr
+    receipt = json.loads((out / "quantization.json").read_text())
+    assert receipt["cosine_mean"] > 0.9 and set(receipt["recall_at_5"]) == {"before", "after"}
+    want = runner.invoke(app, ["embed", "-m", str(tiny_bert), "a small test"])
+    got = runner.invoke(app, ["embed", "-m", str(out), "a small test"])
+    assert got.exit_code == 0, got.stderr
+    a, b = np.array(json.loads(want.stdout)["embedding"]), np.array(json.loads(got.stdout)["embedding"])
+    assert float(a @ b) > 0.9
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Rivers flow to the sea.\n")
+    idx = runner.invoke(app, ["rag-index", str(docs), "-o", str(tmp_path / "idx"), "-m", str(out)])
+    assert idx.exit_code == 0, idx.stderr
+    (out / "model.onnx").write_bytes(b"not a model")
+    bad = runner.invoke(app, ["embed", "-m", str(out), "x"])
+    assert bad.exit_code == 65 and "receipt" in bad.stderr

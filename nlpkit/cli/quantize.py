@@ -36,6 +36,9 @@ def quantize_cmd(
 ) -> None:
     """Quantize a decoder to int4 or int8 weights, served by ONNX Runtime.
 
+    A sentence encoder (minilm-l6-v2 or a BERT folder) takes --bits 8: OUT then serves embed -m
+    and rag-index -m, and its receipt gives the cosine to the float model and recall@5.
+
     OUT holds model.onnx (the decoder with its KV cache; MatMulNBits weights, int8 activations),
     config.json, the tokenizer, chat template and generation config, and quantization.json: the
     receipt (sizes, perplexity before and after, greedy agreement with the float model,
@@ -52,7 +55,14 @@ def quantize_cmd(
         model, output, bits, group_size, eval_text, device, receipt_checks=not no_receipt_checks
     )
     say(f"wrote {output}: {r['bytes_before'] / 1e6:.1f} MB -> {r['bytes_after'] / 1e6:.1f} MB")
-    if "verdict" in r:
+    if "cosine_mean" in r:  # a sentence encoder
+        rec = r["recall_at_5"]
+        say(
+            f"cosine to the float encoder {r['cosine_mean']:.4f} (worst {r['cosine_min']:.4f}); "
+            f"recall@5 {rec['before']} -> {rec['after']} ({r['eval_text']})"
+        )
+        say(r["verdict"])
+    elif "verdict" in r:
         before, after = r["speed"]["before"], r["speed"]["after"]
         say(
             f"perplexity {r['perplexity_before']:.3f} -> {r['perplexity_after']:.3f} ({r['eval_text']}); "

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nlpkit.embed.config import BertConfig, Runner
-from nlpkit.embed.onnx import onnx_runner
+from nlpkit.embed.onnx import onnx_runner, quantized_runner
 from nlpkit.errors import DataError, UsageError
 from nlpkit.store.assets import DEFAULT_ENCODER
 from nlpkit.store.resolve import resolve_encoder
@@ -146,6 +146,13 @@ def load_encoder(spec: str = DEFAULT_MODEL, backend: str = "auto", device: str =
             from nlpkit.io.talk import say
 
             say("onnxruntime is not installed: embedding with PyTorch (pip install 'nlpkit[onnx]')")
+    if (folder / "model.onnx").is_file():  # quantized by `nlpkit quantize`: its own graph, checked
+        if backend == "torch":
+            raise UsageError(
+                "a quantized encoder runs on ONNX Runtime only", hint="leave out --backend torch"
+            )
+        run = quantized_runner(folder, device)
+        return SentenceEncoder(name, tokenizer, cfg.hidden_size, max_length, "onnx-int8", run)
     run = onnx_runner(folder, device) if backend == "onnx" else torch_runner(folder, device)
     return SentenceEncoder(name, tokenizer, cfg.hidden_size, max_length, backend, run)
 

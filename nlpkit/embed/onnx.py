@@ -189,3 +189,33 @@ def onnx_runner(folder: Path, device: str) -> Runner:
         return out
 
     return run
+
+
+def quantized_runner(folder: Path, device: str) -> Runner:
+    """Run a quantized encoder folder's ``model.onnx`` after checking it against the SHA-256 in
+    its ``quantization.json`` (a damaged file is bad data, never silently used)."""
+    from nlpkit.io.tensors import sha256_file
+
+    check_runtime("onnxruntime")
+    path = folder / "model.onnx"
+    try:
+        receipt = json.loads((folder / "quantization.json").read_text(encoding="utf-8"))
+        want = receipt["model_sha256"]
+    except FileNotFoundError:
+        raise DataError("no quantization.json beside model.onnx", where=str(folder)) from None
+    except (ValueError, KeyError, TypeError):
+        raise DataError("damaged quantization receipt", where=str(folder / "quantization.json")) from None
+    if sha256_file(path) != want:
+        raise DataError("model.onnx does not match its receipt's SHA-256", where=str(path))
+    try:
+        session = onnx_session(path, device)
+    except Unavailable:
+        raise
+    except Exception as e:
+        raise DataError(f"ONNX Runtime cannot load the model ({str(e)[:200]})", where=str(path)) from None
+
+    def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        out: np.ndarray = session.run(["embeddings"], {"input_ids": ids, "attention_mask": mask})[0]
+        return out
+
+    return run

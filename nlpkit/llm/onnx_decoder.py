@@ -103,6 +103,8 @@ class OnnxCache:
             for _ in range(cfg.n_layer)
         ]  # fmt: skip
         self.lengths = np.zeros(B, dtype=np.int64)
+        self.binding: Any = None  # the session's IOBinding with these buffers bound (OnnxDecoder.run)
+        self.logits = np.zeros((B, 1, cfg.vocab_size), dtype=np.float32)  # decode steps write here
 
     @property
     def pos(self) -> int:
@@ -168,20 +170,28 @@ class OnnxDecoder:
         total = cache.lengths + new
         mask = (np.arange(int(total.max()))[None] < total[:, None]).astype(np.int64)
         index = np.arange(T)[None].repeat(B, 0) if every else (new - 1)[:, None]
-        binding = self.session.io_binding()
+        binding = cache.binding
+        if binding is None:  # the KV buffers stay bound for the cache's life: only ids and mask change
+            binding = cache.binding = self.session.io_binding()
+            for i, (k, v) in enumerate(cache.kv):
+                binding.bind_ortvalue_input(f"past_key_values.{i}.key", k)
+                binding.bind_ortvalue_input(f"past_key_values.{i}.value", v)
+                binding.bind_ortvalue_output(f"present.{i}.key", k)
+                binding.bind_ortvalue_output(f"present.{i}.value", v)
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
         binding.bind_cpu_input("logits_index", np.ascontiguousarray(index, dtype=np.int64))
-        binding.bind_output("logits", "cpu")  # first: get_outputs()[0]
-        for i, (k, v) in enumerate(cache.kv):
-            binding.bind_ortvalue_input(f"past_key_values.{i}.key", k)
-            binding.bind_ortvalue_input(f"past_key_values.{i}.value", v)
-            binding.bind_ortvalue_output(f"present.{i}.key", k)
-            binding.bind_ortvalue_output(f"present.{i}.value", v)
+        if every or cache.device != "cpu":
+            binding.bind_output("logits", "cpu")
+        else:  # one position per row: straight into the cache's own array, no copy
+            out = cache.logits
+            binding.bind_output("logits", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
         self.session.run_with_iobinding(binding)
         cache.lengths = total
-        logits = torch.from_numpy(binding.get_outputs()[0].numpy())
-        return logits if every else logits[:, 0]
+        if every or cache.device != "cpu":
+            logits = torch.from_numpy(binding.get_outputs()[0].numpy())
+            return logits if every else logits[:, 0]
+        return torch.from_numpy(cache.logits[:, 0].copy())
 
 
 def eval_onnx_model(

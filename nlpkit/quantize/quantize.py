@@ -74,6 +74,8 @@ def quantize_model(
             f"{model} is not a model folder nlpkit can quantize",
             hint="give a decoder model (folder, .gguf or name)",
         )
+    if _is_encoder(src):
+        return _quantize_encoder(model, src, dest, bits, eval_text, device, receipt_checks)
     cfg = read_config(src)
     if cfg.arch != "llama":
         kind = "an encoder-decoder" if cfg.arch == "seq2seq" else f"an {cfg.arch.upper()}"
@@ -192,3 +194,62 @@ def _write_receipt(staging: Path, receipt: dict[str, Any]) -> None:
 
     data = json.dumps(receipt, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     write_bytes_atomic(staging / "quantization.json", data.encode("utf-8"))
+
+
+def _is_encoder(src: Path) -> bool:
+    try:
+        return json.loads((src / "config.json").read_text(encoding="utf-8")).get("model_type") == "bert"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _quantize_encoder(
+    model: str, src: Path, dest: Path, bits: int, eval_text: str | None, device: str, checks: bool
+) -> dict[str, Any]:
+    """A sentence encoder: int8 weights only (``quantize_dynamic``), staged and renamed like a decoder."""
+    from nlpkit import __version__
+    from nlpkit.io.files import fsync_dir, lock_for
+    from nlpkit.io.tensors import sha256_file
+    from nlpkit.quantize.encoder import measure_encoder, quantize_encoder
+
+    if bits != 8:
+        raise UsageError("sentence encoders quantize to int8 only", hint="use --bits 8")
+    staging = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    with lock_for(dest):
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            staging.mkdir(parents=True)
+            size = quantize_encoder(src, staging)
+            receipt: dict[str, Any] = {
+                "source": model,
+                "source_folder": str(src),
+                "bits": 8,
+                "scheme": "int8 weights, one scale per output channel (onnxruntime quantize_dynamic), "
+                "int8 activations quantized per call",
+                "path": "quantized from the float32 weights (the exported, fused ONNX graph)",
+                "bytes_before": (src / "model.safetensors").stat().st_size,
+                "bytes_after": size,
+                "size_ratio": round(size / (src / "model.safetensors").stat().st_size, 4),
+                "float_fallback_ops": [],
+                "model_sha256": sha256_file(staging / "model.onnx"),
+                "nlpkit_version": __version__,
+            }
+            _write_receipt(staging, receipt)
+            if checks:
+                from nlpkit.quantize.receipt import _eval_text
+
+                receipt |= measure_encoder(src, staging, _eval_text(eval_text), device)
+            _write_receipt(staging, receipt)
+            if dest.exists():
+                dest.rmdir()
+            os.replace(staging, dest)
+            fsync_dir(dest.resolve().parent)
+        except OSError as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise IOFailure(
+                f"cannot write the quantized model ({e.strerror or e})", where=str(dest)
+            ) from None
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return receipt

@@ -96,7 +96,8 @@ def resolve_encoder(spec: str) -> tuple[str, Path]:
                 hint="give a BERT folder (config.json, model.safetensors, tokenizer.json) "
                 f"or {DEFAULT_ENCODER}",
             )
-    for needed in ("config.json", "model.safetensors", "tokenizer.json"):
+    weights = "model.onnx" if (folder / "model.onnx").is_file() else "model.safetensors"  # quantized: ONNX
+    for needed in ("config.json", weights, "tokenizer.json"):
         if not (folder / needed).is_file():
             raise InputMissing(f"no {needed} in the model folder", where=str(folder))
     return spec, folder
