@@ -122,8 +122,11 @@ def show_cmd(
     records = read_dataset(name, split=split, shape=shape, dropped=dropped)
     with RecordWriter(output) as out:
         out.write_all(itertools.islice(records, limit))
-    done = "" if limit is not None and out.count == limit else " (all)"
-    say(f"{name}: {out.count} records{done}" + (f", split {split}" if split else ""))
+    which = f"split {split}" if split else "all splits"
+    if limit is not None and out.count == limit:  # stopped early: the counts below would be partial
+        say(f"{name}: the first {out.count} records ({which})")
+        return
+    say(f"{name}: {out.count} records ({which})")
     for reason, count in sorted(dropped.items()):
         say(f"{name}: left out or changed: {count} × {reason}")
 

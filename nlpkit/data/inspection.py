@@ -99,6 +99,7 @@ def _jsonl(path: str, name: str, report: FileReport) -> Iterator[tuple[str, Any]
         try:
             yield where, orjson.loads(line)
         except orjson.JSONDecodeError as e:
+            report.records += 1  # a record, if a broken one
             report.problems.append((where, f"invalid JSON ({e.msg})"))
 
 
@@ -129,7 +130,7 @@ def inspect_file(
             try:
                 converted = convert(record, shape, to)
             except ShapeError as e:
-                bad = [f"cannot be a {to} record: {e}"]
+                bad = [f"cannot be rewritten as {to}: {e}"]
         if bad or shape is None:  # (no shape is one of the problems)
             report.problems.extend((where, b) for b in bad)
             continue

@@ -48,6 +48,7 @@ def iter_array(
                 opened, pos = True, pos + 1
                 continue
             if buf[pos] == "]":
+                _expect_end(f, buf[pos + 1 :], name, line)
                 return
             try:
                 value, end = parse(buf, pos)
@@ -77,6 +78,12 @@ def iter_array(
             raise DataError(f"invalid UTF-8 ({e.reason})", where=f"{name}:{line}") from None
         eof = not chunk
         buf, pos = buf[pos:] + text, 0
+
+
+def _expect_end(f: IO[bytes], rest: str, name: str, line: int) -> None:
+    """Nothing but whitespace may follow the closing bracket (else it would be dropped unseen)."""
+    if rest.strip() or f.read(1 << 16).strip():
+        raise DataError("unexpected data after the JSON array", where=f"{name}:{line}")
 
 
 def _cut_off(e: json.JSONDecodeError, buf: str) -> bool:

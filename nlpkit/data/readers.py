@@ -39,9 +39,8 @@ _URL = re.compile(r"https?://")
 def _yaml(path: Path) -> Any:
     """A YAML file with every scalar kept as the text it is (``Yes`` stays "Yes", ``1990``
     stays "1990": answers are strings to match, not booleans or numbers)."""
-    from nlpkit.io.deps import require
+    import yaml  # pyyaml: a core dependency, imported only by the readers that need it
 
-    yaml = require("yaml", "reading this dataset")
     loader = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
     try:
         with open(path, encoding="utf-8") as f:

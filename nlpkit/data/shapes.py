@@ -184,26 +184,31 @@ def convert(record: Record, src: str, dst: str) -> Record:
     """
     if src == dst:
         return dict(record)
-    rest = {k: v for k, v in record.items() if k not in FIELDS[src]}
+    new = _convert(record, src, dst)
+    return {**new, **{k: v for k, v in record.items() if k not in FIELDS[src] and k not in new}}
+
+
+def _convert(record: Record, src: str, dst: str) -> Record:
+    """Only the ``dst`` shape's own fields of the converted record."""
     if dst == "completion":
-        return {**rest, "text": _as_text(record, src)}
+        return {"text": _as_text(record, src)}
     if dst in ("preference", "preference-chat", "labelled"):
         pairs = {("preference", "preference-chat"), ("preference-chat", "preference")}
         if (src, dst) not in pairs:
             raise ShapeError(f"a {src} record has no {_what(dst)}")
-        return {**rest, **_preference(record, dst)}
+        return {**_preference(record, dst)}
     messages = to_messages(record, src)
     if dst == "conversations":
-        return {**rest, "messages": messages}
+        return {"messages": messages}
     roles = [m["role"] for m in messages]
     if dst == "instruction":
         if roles != ["user", "assistant"]:
             raise ShapeError(f"roles {' → '.join(roles)} are not one user turn and one reply")
-        return {**rest, "instruction": messages[0]["content"], "input": "", "output": messages[1]["content"]}
+        return {"instruction": messages[0]["content"], "input": "", "output": messages[1]["content"]}
     if dst == "prompt":
         if roles[:1] != ["user"] or roles.count("user") != 1:
             raise ShapeError(f"roles {' → '.join(roles)} are not one user turn")
-        return {**rest, "prompt": messages[0]["content"]}
+        return {"prompt": messages[0]["content"]}
     raise ShapeError(f"unknown shape {dst!r}")
 
 
