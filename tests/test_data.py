@@ -487,6 +487,13 @@ def test_inspect_bad_input_is_one_line(runner, tmp_path) -> None:  # type: ignor
     (tmp_path / "x.jsonl").write_bytes(b'{"text": "ok"}\n\xff\xfe\n')
     r = runner.invoke(app, ["data", "inspect", str(tmp_path / "x.jsonl")])
     assert r.exit_code == 65 and "x.jsonl:2: invalid UTF-8" in r.stderr
+    for name, content in (("empty.jsonl", "\n\n"), ("empty.json", "[ ]")):
+        (tmp_path / name).write_text(content)
+        r = runner.invoke(app, ["data", "inspect", str(tmp_path / name)])
+        assert r.exit_code == 65 and f"{name}:1: no records: the file is empty" in r.stderr
+    (tmp_path / "two.json").write_text('[{"text": "a"}]\n[{"text": "b"}]\n')
+    r = runner.invoke(app, ["data", "inspect", str(tmp_path / "two.json")])
+    assert r.exit_code == 65 and "two.json:1: unexpected data after the JSON array" in r.stderr
     r = runner.invoke(app, ["data", "inspect", str(tmp_path / "x.jsonl"), "--to", "tweets"])
     assert r.exit_code == 2 and "unknown --to shape 'tweets'" in r.stderr
 
@@ -598,3 +605,36 @@ def test_data_commands_do_not_import_heavy_modules(fake_data) -> None:  # type: 
         [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, check=False
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_inspect_report_to_a_file(runner, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "c.jsonl"
+    f.write_text('{"text": "a"}\n{"text": "a"}\n')
+    r = runner.invoke(app, ["data", "inspect", str(f), "-o", str(tmp_path / "report.jsonl")])
+    assert r.exit_code == 0 and r.stdout == "" and "c.jsonl:2: duplicate of" in r.stderr
+    report = json.loads((tmp_path / "report.jsonl").read_text())
+    assert report["records"] == 2 and report["duplicates"] == 1 and report["shape"] == "completion"
+
+
+def test_inspect_any_bytes_gives_a_report_or_a_clean_error(tmp_path) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from nlpkit.data.inspection import inspect_file
+    from nlpkit.errors import NlpkitError
+
+    path = tmp_path / "b.json"
+    pieces = st.sampled_from(
+        [b"[", b"]", b"{", b"}", b'"text"', b":", b",", b'"a"', b"\n", b" ", b"\xff", b"1"]
+    )
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(pieces | st.binary(max_size=4), max_size=20))
+    def check(chunks):  # type: ignore[no-untyped-def]
+        path.write_bytes(b"".join(chunks))
+        try:
+            inspect_file(str(path), to="completion", emit=lambda r: None)
+        except NlpkitError:
+            pass
+
+    check()

@@ -150,6 +150,8 @@ def inspect_file(
             emit(converted)
     if count_tokens is not None and texts:
         report.tokens = count_tokens(texts)
+    if report.records == 0 and not report.problems:
+        report.problems.append((f"{report.file}:1", "no records: the file is empty"))
     report.problems.sort(key=lambda p: _line_of(p[0]))
     return report
 
@@ -204,7 +206,7 @@ def inspect_files(
         raise UsageError(f"unknown --to shape {to!r}", hint=f"use {', '.join(SHAPES)}")
     count_tokens = _token_counter(tokenizer) if tokenizer else None
     reports = []
-    with RecordWriter(output if to else "-") as out:
+    with RecordWriter(output) as out:  # the converted records with --to, else the reports
         for path in paths:
             report = inspect_file(
                 path, to=to, dedupe=dedupe, count_tokens=count_tokens, emit=out.write if to else None

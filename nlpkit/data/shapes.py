@@ -139,20 +139,21 @@ def _chat(
     if not turns:
         return [f"field {field!r} is empty"]
     out, roles = [], []
-    names: dict[Any, str] = ROLE_OF if role_key == "from" else {r: r for r in ROLES}
+    names = ROLE_OF if role_key == "from" else {r: r for r in ROLES}
     for i, turn in enumerate(turns, 1):
         if not isinstance(turn, dict):
             out.append(f"{field}[{i}] must be an object, not {_json_type(turn)}")
             continue
         speaker, text = turn.get(role_key), turn.get(text_key)
-        if speaker not in names:
-            out.append(f"{field}[{i}].{role_key} {speaker!r} is not one of {', '.join(names)}")
+        if not isinstance(speaker, str) or speaker not in names:
+            speaker = None
+            out.append(f"{field}[{i}].{role_key} {turn.get(role_key)!r} is not one of {', '.join(names)}")
         if not isinstance(text, str):
             what = "missing" if text_key not in turn else f"{_json_type(text)}, not a string"
             out.append(f"{field}[{i}].{text_key} is {what}")
         elif not text.strip():
             out.append(f"{field}[{i}].{text_key} is empty")
-        roles.append(names.get(speaker, "?"))
+        roles.append(names[speaker] if speaker else "?")
     if not out and whole:
         out += _role_order(roles, training)
     return out
