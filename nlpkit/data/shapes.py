@@ -164,12 +164,19 @@ def _role_order(roles: list[str], training: bool) -> list[str]:
     expected = ["user" if i % 2 == 0 else "assistant" for i in range(len(turns))]
     if turns != expected:
         return [
-            f"roles {' → '.join(roles)}: no chat template accepts them (an optional system turn, "
+            f"roles {_sequence(roles)}: no chat template accepts them (an optional system turn, "
             "then user and assistant alternating, starting with user)"
         ]
     if training and (not turns or turns[-1] != "assistant"):
         return ["the conversation does not end with an assistant turn: nothing to learn from"]
     return []
+
+
+def _sequence(roles: list[str], shown: int = 6) -> str:
+    """``user → user → assistant``; a long one cut after ``shown`` roles, with its length."""
+    if len(roles) <= shown:
+        return " → ".join(roles)
+    return " → ".join(roles[:shown]) + f" → … ({len(roles)} turns)"
 
 
 # --------------------------------------------------------------------------- converting
@@ -204,11 +211,11 @@ def _convert(record: Record, src: str, dst: str) -> Record:
     roles = [m["role"] for m in messages]
     if dst == "instruction":
         if roles != ["user", "assistant"]:
-            raise ShapeError(f"roles {' → '.join(roles)} are not one user turn and one reply")
+            raise ShapeError(f"roles {_sequence(roles)} are not one user turn and one reply")
         return {"instruction": messages[0]["content"], "input": "", "output": messages[1]["content"]}
     if dst == "prompt":
         if roles[:1] != ["user"] or roles.count("user") != 1:
-            raise ShapeError(f"roles {' → '.join(roles)} are not one user turn")
+            raise ShapeError(f"roles {_sequence(roles)} are not one user turn")
         return {"prompt": messages[0]["content"]}
     raise ShapeError(f"unknown shape {dst!r}")
 
