@@ -324,7 +324,7 @@ nlpkit: F:3: invalid JSON (unexpected character, expected ',' or '}')
 nlpkit: F:4: field 'instruction' is empty
 nlpkit: F:5: field 'instruction' must be a string, not a number
 nlpkit: F:6: missing field 'output'
-nlpkit: F:7: expected a JSON object, got list
+nlpkit: F:7: expected a JSON object, not an array
 nlpkit: F:8: no known shape (fields: foo); expected one of instruction, conversations, completion, labelled, preference, preference-chat, prompt, sharegpt
 nlpkit: F:9: a conversations record in a file of instruction records
 nlpkit: F:2: duplicate of F:1
@@ -466,13 +466,14 @@ def test_inspect_token_lengths_from_stdin(runner, tmp_path) -> None:  # type: ig
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.save(str(tmp_path / "tokenizer.json"))
-    stdin = "".join(json.dumps({"text": " ".join(["a"] * n)}) + "\n" for n in range(1, 101))
+    # 1,500 records (counted in batches of 1,000): lengths 1..100, fifteen times over
+    stdin = "".join(json.dumps({"text": " ".join(["a"] * (1 + i % 100))}) + "\n" for i in range(1500))
     r = runner.invoke(app, ["data", "inspect", "-t", str(tmp_path / "tokenizer.json")], input=stdin)
     assert r.exit_code == 0, r.stderr
     report = json.loads(r.stdout)
-    assert report["file"] == "<stdin>" and report["shape"] == "completion" and report["records"] == 100
+    assert report["file"] == "<stdin>" and report["shape"] == "completion" and report["records"] == 1500
     assert report["tokens"] == {
-        "count": 100,
+        "count": 1500,
         "mean": 50.5,
         "p50": 50,
         "p90": 90,

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from nlpkit.data.shapes import FIELDS, INPUT_SHAPES, SHAPES, ShapeError, convert, detect, problems
+from nlpkit.data.shapes import FIELDS, INPUT_SHAPES, SHAPES, ShapeError, convert, detect, json_type, problems
 from nlpkit.errors import DataError, UsageError
 
 Record = dict[str, Any]
@@ -122,7 +122,13 @@ def inspect_file(
     head = list(itertools.islice(records, SHAPE_SAMPLE))  # the file's shape: most of these have it
     report.shape = report.shapes.most_common(1)[0][0] if report.shapes else None
     seen: dict[bytes, str] = {}
-    texts: list[str] = []
+    texts: list[str] = []  # waiting to be counted, in batches
+
+    def count_waiting() -> None:
+        if count_tokens is not None and texts:
+            report.tokens += count_tokens(texts)
+            texts.clear()
+
     for where, record, shape in itertools.chain(head, records):
         bad = _check(record, shape, report.shape)
         converted = None
@@ -146,10 +152,11 @@ def inspect_file(
             seen[key] = where
         if count_tokens is not None:
             texts.append(convert(record, shape, "completion")["text"])
+            if len(texts) >= 1000:
+                count_waiting()
         if converted is not None and emit is not None:
             emit(converted)
-    if count_tokens is not None and texts:
-        report.tokens = count_tokens(texts)
+    count_waiting()
     if report.records == 0 and not report.problems:
         report.problems.append((f"{report.file}:1", "no records: the file is empty"))
     report.problems.sort(key=lambda p: _line_of(p[0]))
@@ -160,7 +167,7 @@ def _records(path: str, report: FileReport) -> Iterator[tuple[str, Record, str |
     for where, value in read_file(path, report):
         report.records += 1
         if not isinstance(value, dict):
-            report.problems.append((where, f"expected a JSON object, got {type(value).__name__}"))
+            report.problems.append((where, f"expected a JSON object, not {json_type(value)}"))
             continue
         shape = detect(value)
         if shape is not None:
@@ -226,10 +233,7 @@ def _token_counter(spec: str) -> Callable[[list[str]], list[int]]:
     tok = load(spec)
 
     def count(texts: list[str]) -> list[int]:
-        lengths: list[int] = []
-        for i in range(0, len(texts), 1000):
-            lengths += [len(e.ids) for e in tok.encode_batch(texts[i : i + 1000], add_special_tokens=False)]
-        return lengths
+        return [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)]
 
     return count
 

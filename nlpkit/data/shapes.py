@@ -116,11 +116,12 @@ def _text(record: Record, field: str) -> list[str]:
         return [f"missing field {field!r}"]
     value = record[field]
     if not isinstance(value, str):
-        return [f"field {field!r} must be a string, not {_json_type(value)}"]
+        return [f"field {field!r} must be a string, not {json_type(value)}"]
     return [] if value.strip() else [f"field {field!r} is empty"]
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """``an object``, ``an array``, ``a string``, ``a number``, ``a boolean`` or ``null``."""
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
     return names.get(type(value), "a number")
 
@@ -135,21 +136,21 @@ def _chat(
         return [f"missing field {field!r}"]
     turns = record[field]
     if not isinstance(turns, list):
-        return [f"field {field!r} must be an array, not {_json_type(turns)}"]
+        return [f"field {field!r} must be an array, not {json_type(turns)}"]
     if not turns:
         return [f"field {field!r} is empty"]
     out, roles = [], []
     names = ROLE_OF if role_key == "from" else {r: r for r in ROLES}
     for i, turn in enumerate(turns, 1):
         if not isinstance(turn, dict):
-            out.append(f"{field}[{i}] must be an object, not {_json_type(turn)}")
+            out.append(f"{field}[{i}] must be an object, not {json_type(turn)}")
             continue
         speaker, text = turn.get(role_key), turn.get(text_key)
         if not isinstance(speaker, str) or speaker not in names:
             speaker = None
             out.append(f"{field}[{i}].{role_key} {turn.get(role_key)!r} is not one of {', '.join(names)}")
         if not isinstance(text, str):
-            what = "missing" if text_key not in turn else f"{_json_type(text)}, not a string"
+            what = "missing" if text_key not in turn else f"{json_type(text)}, not a string"
             out.append(f"{field}[{i}].{text_key} is {what}")
         elif not text.strip():
             out.append(f"{field}[{i}].{text_key} is empty")
