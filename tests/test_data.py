@@ -80,6 +80,9 @@ def test_models_and_datasets_do_not_mix(fake_data, runner) -> None:  # type: ign
         (["data", "show", "wikipedia"], 2, "unknown dataset 'wikipedia'; known: trivia, sharegpt"),
         (["data", "pull", "wikipedia"], 2, "unknown dataset 'wikipedia'"),
         (["data", "show", "trivia"], 66, "run `nlpkit data pull trivia` once (or set NLPKIT_AUTO_PULL=1)"),
+        (["data", "show", "trivia", "-n", "0"], 66, "run `nlpkit data pull trivia` once"),
+        (["data", "show", "nope", "-n", "0"], 2, "unknown dataset 'nope'"),
+        (["data", "show", "trivia", "--shape", "tweets"], 2, "unknown shape 'tweets'; trivia comes as"),
         (["data", "path", "afinn"], 66, "dataset 'afinn' is not in the store"),
         (["data", "verify"], 66, "no dataset is pulled: nothing to verify; run `nlpkit data pull NAME`"),
         (

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ class Dataset:
     readers: dict[str, Reader]
     derived: tuple[str, ...] = ()
     only_split: str | None = None  # every record in this split (an evaluation set: test)
-    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def shapes(self) -> tuple[str, ...]:
@@ -100,10 +99,16 @@ def read_dataset(
         from nlpkit.store.assets import asset_dir
 
         folder = asset_dir(name, kind="dataset")
-    reader = ds.readers.get(shape, ds.readers[ds.default_shape])
     counts = dropped if dropped is not None else collections.Counter()
-    for key, record in reader(folder, counts):
-        where = ds.only_split or split_of(name, key)
+    return _records(ds, folder, shape, split, counts)  # checked above, read as it is consumed
+
+
+def _records(
+    ds: Dataset, folder: Path, shape: str, split: str | None, dropped: collections.Counter[str]
+) -> Iterator[Record]:
+    reader = ds.readers.get(shape, ds.readers[ds.default_shape])
+    for key, record in reader(folder, dropped):
+        where = ds.only_split or split_of(ds.name, key)
         if split is not None and where != split:
             continue
         if shape not in ds.readers:
