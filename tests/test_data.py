@@ -182,6 +182,7 @@ def test_trivia_as_instructions(fake_data, runner) -> None:  # type: ignore[no-u
     assert all(r["split"] in ("train", "validation", "test") for r in records)
     r = runner.invoke(app, ["data", "show", "trivia"])
     assert "1 × question shows a picture" in r.stderr and "1 × same question in another list" in r.stderr
+    assert "2 × question in a picture or video-game list" in r.stderr
     chat = _show(runner, "trivia", "--shape", "conversations", "-n", "1")[0]
     assert chat["messages"][0]["role"] == "user" and chat["messages"][1]["role"] == "assistant"
     assert "answers" in chat  # other fields pass through

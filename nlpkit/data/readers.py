@@ -55,11 +55,12 @@ def trivia(folder: Path, dropped: Dropped) -> Items:
     seen: dict[str, Record] = {}
     for path in sorted(folder.glob("*.yaml")):
         category = path.stem
-        if category in TRIVIA_IMAGE_LISTS or category in TRIVIA_GAME_LISTS:
-            continue
         data = _yaml(path)
         if not isinstance(data, dict):
             raise DataError("expected a mapping of questions to answers", where=str(path))
+        if category in TRIVIA_IMAGE_LISTS or category in TRIVIA_GAME_LISTS:
+            dropped["question in a picture or video-game list"] += sum(q not in _META for q in data)
+            continue
         for question, answers in data.items():
             if question in _META:
                 continue
