@@ -176,14 +176,19 @@ def _naive(hf, prompt: list[int], new: int) -> tuple[float, float]:  # type: ign
 
 
 def _llama(llm, prompt: list[int], new: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    # llama-cpp-python 0.3.36 fills ``scores`` only with logits_all: read the last logits from the
+    # context (before this fix every step argmaxed zeros and fed token 0: same work, wrong text)
+    def last() -> int:
+        return int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))))
+
     llm.reset()
     t0 = time.perf_counter()
     llm.eval(prompt)
-    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    token = last()
     t1 = time.perf_counter()
     for _ in range(new):
         llm.eval([token])
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = last()
     t2 = time.perf_counter()
     return len(prompt) / (t1 - t0), new / (t2 - t1)
 

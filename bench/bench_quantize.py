@@ -164,9 +164,14 @@ def _stats(v: list[float]) -> dict[str, float]:
 
 
 def _agreement(got: list[int], want: list[int]) -> float:
-    """Share of positions where the greedy ids equal the float32 model's (up to the shorter)."""
-    n = min(len(got), len(want))
-    return sum(int(a == b) for a, b in zip(got[:n], want[:n], strict=True)) / max(n, 1)
+    """How far the greedy text follows the float32 model's: the share of the tokens before the
+    first difference (after one, the two texts go different ways)."""
+    n = 0
+    for a, b in zip(got, want, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n / max(len(want), 1)
 
 
 def _onnx_generator(folder: Path, threads: int):  # type: ignore[no-untyped-def]
@@ -203,15 +208,21 @@ def _nlpkit(gen, prompt: list[int], new: int) -> tuple[float, float, list[int]]:
 
 
 def _llama(llm, prompt: list[int], new: int) -> tuple[float, float, list[int]]:  # type: ignore[no-untyped-def]
+    """llama.cpp's own eval per token; the last position's logits read from its context (0.3.36
+    keeps ``scores`` only with logits_all, which would compute every position's logits)."""
+
+    def last() -> int:
+        return int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))))
+
     llm.reset()
     t0 = time.perf_counter()
     llm.eval(prompt)
-    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    token = last()
     t1 = time.perf_counter()
     ids = [token]
     for _ in range(new - 1):
         llm.eval([token])
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = last()
         ids.append(token)
     t2 = time.perf_counter()
     return len(prompt) / (t1 - t0), (new - 1) / (t2 - t1), ids

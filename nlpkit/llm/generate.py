@@ -254,6 +254,7 @@ class Generator:
         """Text pieces of generated ``tokens`` (decoded after ``base_ids``, the prompt), ending
         before the first stop string; a piece that ends inside a multi-byte character, or could
         be the start of a stop string, is held back until it is complete."""
+        base_ids = base_ids[-16:]  # enough context for the first piece's spacing; O(new) per token
         base = self.tok.decode(base_ids)
         new: list[int] = []
         done = 0  # characters of the completion already yielded
