@@ -7,7 +7,9 @@
   plus the greedy reply to "What is the capital of France?" (it should name Paris);
 * embed: sentences/s of ``load_encoder(..., device="cuda")`` with the torch backend, and with
   ONNX Runtime's CUDA provider when onnxruntime-gpu is installed (otherwise reported as absent),
-  and the cosine between the two.
+  and the cosine between the two;
+* quantized: `nlpkit quantize` int4 on ONNX Runtime's CUDA provider (onnxruntime-gpu): prefill
+  and decode tokens/s against the CPU provider, the greedy answer, greedy agreement with the CPU.
 
 Without CUDA it prints ``gpu_infer_check: no CUDA`` and exits 0. The last line is
 ``gpu_infer_check: key=value ...``; bench/results/gpu_infer.json gets the figures.
@@ -76,6 +78,7 @@ def main() -> None:
         out[f"embed_{backend}_sent_s"] = len(texts) / (time.perf_counter() - t0)
     if len(results) == 2:
         out["embed_min_cosine"] = float(np.min(np.sum(results["torch"] * results["onnx"], axis=1)))
+    out["quantized"] = _quantized_on_cuda(prompt)
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "gpu_infer.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
@@ -86,6 +89,47 @@ def main() -> None:
         "gpu_infer_check: "
         + " ".join([f"decode_tok_s={chat['decode_tok_s']:.0f}"] + [f"{k}={v:.1f}" for k, v in flat.items()])
     )
+
+
+def _quantized_on_cuda(prompt: list[int]) -> dict[str, object]:
+    """The int4 model of `nlpkit quantize` on ONNX Runtime's CUDA provider (onnxruntime-gpu):
+    prefill and decode tokens/s through the Generator, the greedy answer, and the token agreement
+    with the CPU provider's greedy ids."""
+    import tempfile
+
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return {"skipped": "onnxruntime has no CUDA provider (pip install onnxruntime-gpu)"}
+    from nlpkit.llm.chat import ChatModel
+    from nlpkit.llm.generate import Sampling
+    from nlpkit.quantize.quantize import quantize_model
+
+    folder = Path(tempfile.mkdtemp()) / "q4"
+    quantize_model("smollm2-135m-instruct", folder, bits=4, receipt_checks=False)
+    result: dict[str, object] = {}
+    ids = {}
+    for device in ("cuda", "cpu"):
+        bot = ChatModel.load(str(folder), device)
+        gen = bot.gen
+        logits, cache = gen.prefill([prompt], 64)  # warm-up
+        t0 = time.perf_counter()
+        logits, cache = gen.prefill([prompt], 64)
+        t1 = time.perf_counter()
+        token, got = int(logits[0].argmax()), []
+        for _ in range(64):
+            got.append(token)
+            token = int(gen.step([token], cache)[0].argmax())
+        t2 = time.perf_counter()
+        ids[device] = got
+        result[device] = {"prefill_tok_s": len(prompt) / (t1 - t0), "decode_tok_s": 64 / (t2 - t1)}
+        if device == "cuda":
+            result["reply"] = bot.reply(
+                [{"role": "user", "content": "What is the capital of France?"}], Sampling(40, 0.0)
+            )
+    same = next((i for i, (a, b) in enumerate(zip(ids["cuda"], ids["cpu"], strict=True)) if a != b), 64)
+    result["greedy_tokens_equal_to_cpu"] = same
+    return result
 
 
 if __name__ == "__main__":
