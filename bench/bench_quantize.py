@@ -119,6 +119,11 @@ def main() -> None:
                                        "change": r["perplexity_change"], "text": r["eval_text"]}  # fmt: skip
         summary[name]["bytes"] = r["bytes_after"]
     summary["genai-int4"]["bytes"] = sum(p.stat().st_size for p in genai_dir.glob("model.onnx*"))
+    q4 = receipts["nlpkit-int4"]
+    genai_ppl = _genai_perplexity(genai_dir, ref, args.threads)
+    summary["genai-int4"]["perplexity"] = {"float32": q4["perplexity_before"], "quantized": genai_ppl,
+                                           "change": genai_ppl / q4["perplexity_before"] - 1,
+                                           "text": q4["eval_text"]}  # fmt: skip
     summary["llama.cpp"]["bytes"] = gguf.stat().st_size
     med = {k: (v["prefill"]["median"], v["decode"]["median"]) for k, v in summary.items()}
     result = {
@@ -155,6 +160,7 @@ def main() -> None:
         "int8_decode": f"{med['nlpkit-int8'][1]:.1f}",
         "int4_ppl_change": f"{q4['perplexity_change']:+.3f}",
         "int8_ppl_change": f"{q8['perplexity_change']:+.3f}",
+        "genai_int4_ppl_change": f"{summary['genai-int4']['perplexity']['change']:+.3f}",
     }
     print("quantize: " + " ".join(f"{k}={v}" for k, v in line.items()))
 
@@ -226,6 +232,35 @@ def _llama(llm, prompt: list[int], new: int) -> tuple[float, float, list[int]]: 
         ids.append(token)
     t2 = time.perf_counter()
     return len(prompt) / (t1 - t0), (new - 1) / (t2 - t1), ids
+
+
+def _genai_perplexity(folder: Path, ref, threads: int) -> float:  # type: ignore[no-untyped-def]
+    """GenAI's int4 graph scored like the receipts: the same text, windows and token counts."""
+    import math
+
+    import onnxruntime as ort
+    import torch
+    from torch.nn import functional as F
+
+    from nlpkit.quantize.receipt import EVAL_TOKENS, default_eval_text
+
+    ids = ref.tok.encode(default_eval_text()[1], add_special_tokens=False).ids[:EVAL_TOKENS]
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(folder / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    cfg = ref.cfg
+    total, count = 0.0, 0
+    for start in range(0, len(ids) - 1, 1024):
+        chunk = ids[start : start + 1025]
+        x = np.array([chunk[:-1]], dtype=np.int64)
+        feed = {"input_ids": x, "attention_mask": np.ones_like(x)}
+        for i in range(cfg.n_layer):
+            for kind in ("key", "value"):
+                feed[f"past_key_values.{i}.{kind}"] = np.zeros((1, cfg.kv_heads, 0, cfg.hs), np.float32)
+        logits = torch.from_numpy(sess.run(["logits"], feed)[0][0])
+        total += F.cross_entropy(logits, torch.tensor(chunk[1:]), reduction="sum").item()
+        count += len(chunk) - 1
+    return math.exp(total / count)
 
 
 def _quantized(bits: int) -> Path:

@@ -173,6 +173,7 @@ class OnnxDecoder:
         binding = cache.binding
         if binding is None:  # the KV buffers stay bound for the cache's life: only ids and mask change
             binding = cache.binding = self.session.io_binding()
+            binding.bind_output("logits", "cpu")  # first: get_outputs()[0] is the logits
             for i, (k, v) in enumerate(cache.kv):
                 binding.bind_ortvalue_input(f"past_key_values.{i}.key", k)
                 binding.bind_ortvalue_input(f"past_key_values.{i}.value", v)
