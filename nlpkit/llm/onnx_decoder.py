@@ -97,11 +97,21 @@ class OnnxCache:
         self.max_len = min(max_len or cfg.block_size, cfg.block_size)
         self.device = "cuda" if device.startswith("cuda") else "cpu"
         shape = (B, cfg.kv_heads, self.max_len, cfg.hs)
-        self.kv = [
-            (ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self.device),
-             ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self.device))
-            for _ in range(cfg.n_layer)
-        ]  # fmt: skip
+        # on the CPU the buffers are numpy arrays ONNX Runtime writes in place (row operations
+        # are numpy slicing); on CUDA they are device buffers
+        self.arrays: list[tuple[np.ndarray, np.ndarray]] = []
+        if self.device == "cpu":
+            self.arrays = [
+                (np.zeros(shape, np.float32), np.zeros(shape, np.float32)) for _ in range(cfg.n_layer)
+            ]
+            wrap = ort.OrtValue.ortvalue_from_numpy
+            self.kv = [(wrap(k), wrap(v)) for k, v in self.arrays]
+        else:
+            self.kv = [
+                (ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self.device),
+                 ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self.device))
+                for _ in range(cfg.n_layer)
+            ]  # fmt: skip
         self.lengths = np.zeros(B, dtype=np.int64)
         self.binding: Any = None  # the session's IOBinding with these buffers bound (OnnxDecoder.run)
         self.logits = np.zeros((B, 1, cfg.vocab_size), dtype=np.float32)  # decode steps write here
