@@ -422,3 +422,31 @@ def test_progress_on_a_terminal_never_reaches_stdout(table_path, tmp_path) -> No
     assert proc.returncode == 0 and len(lines) == n
     assert all(json.loads(x)["text"] == "king" for x in lines)
     assert b"embedding" in seen  # the bar was drawn on the terminal, not in the file
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["analogy", "king", "-", "man", "+", "woman", "-k", "2"],
+        ["analogy", "--eval", "questions-tiny.txt"],
+        ["similar", "king", "-k", "2"],
+        ["similar", "--eval", "pairs-tiny.tsv"],
+        ["embed", "king", "queen"],
+        ["models", "list"],
+        ["data", "list"],
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_jsonl_output_is_one_object_per_line(runner, table_path, args) -> None:
+    """The pipe contract for every record-producing command: each stdout line is one JSON object."""
+    data = Path(__file__).parent / "data"
+    args = [str(data / a) if a.endswith((".txt", ".tsv")) else a for a in args]
+    vectors = ["--vectors", table_path] if args[0] in ("analogy", "similar", "embed") else []
+    r = runner.invoke(
+        app, [*args, *vectors, "--format", "jsonl"] if args[0] != "embed" else [*args, *vectors]
+    )
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line

@@ -220,7 +220,7 @@ def analogy_cmd(
     if eval_file:
         from nlpkit.vectors.evaluate import evaluate_analogies
 
-        _write_report(evaluate_analogies(wv, eval_file, restrict_vocab, fold_case, method), output)
+        _write_report(evaluate_analogies(wv, eval_file, restrict_vocab, fold_case, method), output, fmt)
         return
     _answer(
         wv,
@@ -272,7 +272,7 @@ def similar_cmd(
     if eval_file:
         from nlpkit.vectors.evaluate import evaluate_word_pairs
 
-        _write_report(evaluate_word_pairs(wv, eval_file, restrict_vocab, fold_case), output)
+        _write_report(evaluate_word_pairs(wv, eval_file, restrict_vocab, fold_case), output, fmt)
         return
     _answer(
         wv,
@@ -326,13 +326,15 @@ def _answer(
         out.write_all(results)
 
 
-def _write_report(report: dict[str, Any], output: str) -> None:
+def _write_report(report: dict[str, Any], output: str, fmt: str = "auto") -> None:
+    """One JSON object: indented for a person at a terminal (--format text), else one line."""
     import json
 
     from nlpkit.io.files import write_bytes_atomic
     from nlpkit.io.talk import STDIO
 
-    text = json.dumps(report, indent=2) + "\n"
+    indent = 2 if output == STDIO and wants_text(fmt) else None
+    text = json.dumps(report, indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
     if output == STDIO:
         print(text, end="")
     else:
