@@ -159,14 +159,14 @@ def _gensim_reference(wv: V.WordVectors, path: str, restrict: int) -> tuple[int,
         dists = unit @ (mean / np.linalg.norm(mean))
         best = [i for i in np.argsort(-dists)[:8] if i not in {ok[a], ok[b], ok[c]}][:5]
         predicted = None
-        for i in best:
+        for i in best:  # gensim: the first of the top 5 that is not an input (case folded) ...
             predicted = wv.words[i].upper()
-            if predicted not in {a, b, c}:
-                if predicted != expected:
-                    incorrect += 1
+            if predicted in ok and predicted not in {a, b, c}:
                 break
-        if predicted == expected:
+        if predicted == expected:  # ... and otherwise the fifth, which is an input: wrong
             correct += 1
+        else:
+            incorrect += 1
     return correct, incorrect, oov
 
 
@@ -193,6 +193,25 @@ def test_evaluation_on_random_vectors_matches_reference(tmp_path) -> None:
         assert (report["total"]["correct"], report["total"]["incorrect"], report["oov"]) == _gensim_reference(
             wv, str(path), restrict
         )
+
+
+def test_top_five_all_case_variants_of_inputs_counts_as_wrong(tmp_path) -> None:
+    """gensim counts such a question as incorrect (nlpkit once dropped it)."""
+    rng = np.random.default_rng(1)
+    base = {w: rng.standard_normal(16) for w in ("man", "king", "woman", "queen")}
+    query = base["king"] + base["woman"] - base["man"]
+    words, vecs = list(base), [base[w] for w in base]
+    for w in ("King", "KING", "Woman", "WOMAN", "Man"):  # case variants right on the query
+        words.append(w)
+        vecs.append(query + 0.01 * rng.standard_normal(16))
+    words += [f"x{i}" for i in range(40)]
+    vecs += [rng.standard_normal(16) for _ in range(40)]
+    wv = V.WordVectors(words, np.array(vecs, dtype=np.float32))
+    path = tmp_path / "q.txt"
+    path.write_text(": s\nman king woman queen\n")
+    report = E.evaluate_analogies(wv, str(path))
+    assert (report["total"]["correct"], report["total"]["incorrect"]) == (0, 1)
+    assert _gensim_reference(wv, str(path), 300000)[:2] == (0, 1)
 
 
 def test_evaluation_rejects_questions_without_section(tmp_path, table) -> None:
