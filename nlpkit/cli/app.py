@@ -35,15 +35,22 @@ class _Root(TyperGroup):
                 raise
             print("\nnlpkit: interrupted", file=sys.stderr, flush=True)
             raise typer.Exit(130) from None
-        except OSError as e:  # a full disk or a failing device under stdout: 74, one line
+        except OSError as e:  # the operating system refused a file operation: 74, one line
             import errno
 
-            if e.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG) or os.environ.get(
-                "NLPKIT_DEBUG", ""
-            ) not in ("", "0"):
+            if os.environ.get("NLPKIT_DEBUG", "") not in ("", "0"):
                 raise
             where = e.filename or "<stdout>"
-            print(f"nlpkit: error: {where}: cannot write ({e.strerror})", file=sys.stderr, flush=True)
+            if e.errno in (
+                errno.ENOSPC,
+                errno.EIO,
+                errno.EDQUOT,
+                errno.EFBIG,
+            ):  # a full disk, a failing device
+                what = f"cannot write ({e.strerror})"
+            else:  # a read-only place, a missing parent folder, a permission: nothing half-written is left
+                what = f"{e.strerror or e}; check that the place exists and is writable (NLPKIT_HOME, -o)"
+            print(f"nlpkit: error: {where}: {what}", file=sys.stderr, flush=True)
             raise typer.Exit(74) from None
 
 
