@@ -38,8 +38,8 @@ class _Root(TyperGroup):
         except OSError as e:  # the operating system refused a file operation: 74, one line
             import errno
 
-            if os.environ.get("NLPKIT_DEBUG", "") not in ("", "0"):
-                raise
+            if isinstance(e, BrokenPipeError) or os.environ.get("NLPKIT_DEBUG", "") not in ("", "0"):
+                raise  # a reader that went away (| head) is handled quietly by main()
             where = e.filename or "<stdout>"
             if e.errno in (
                 errno.ENOSPC,
