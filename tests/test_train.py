@@ -271,3 +271,16 @@ def test_cli_plot_png(runner: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     pytest.importorskip("matplotlib")
     r = runner.invoke(app, ["plot", str(log), "-o", str(tmp_path / "c.png")])
     assert r.exit_code == 0 and (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--lr", "inf"), ("--lr", "nan"), ("--weight-decay", "nan"), ("--beta2", "2"), ("--grad-clip", "-1")],
+)
+def test_non_finite_and_out_of_range_training_numbers_are_usage_errors(runner, tmp_path, flag, value) -> None:
+    text = tmp_path / "t.txt"
+    text.write_text("some text to train on\n" * 10)
+    r = runner.invoke(app, ["train-transformer", str(text), "-o", str(tmp_path / "m"), "--max-steps", "1",
+                            flag, value])  # fmt: skip
+    assert r.exit_code == 2, r.stderr
+    assert flag in r.stderr and not (tmp_path / "m").exists()

@@ -82,6 +82,23 @@ class TrainConfig:
             raise UsageError("--val-fraction must be between 0 and 1")
         if self.lr <= 0 or self.warmup_steps < 0 or self.checkpoint_interval < 0:
             raise UsageError("--lr must be positive, --warmup-steps and --checkpoint-interval not negative")
+        for name in (
+            "lr",
+            "min_lr",
+            "weight_decay",
+            "beta1",
+            "beta2",
+            "grad_clip",
+            "max_time",
+            "val_fraction",
+        ):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):  # NaN and infinity pass every comparison test
+                raise UsageError(f"--{_flag(name)} must be a finite number, not {value}")
+        if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
+            raise UsageError("--beta1 and --beta2 must be in [0, 1)")
+        if self.weight_decay < 0 or self.grad_clip < 0 or (self.min_lr is not None and self.min_lr < 0):
+            raise UsageError("--weight-decay, --grad-clip and --min-lr must not be negative")
 
     def lr_at(self, step: int, elapsed: float) -> float:
         """Linear warmup, then cosine from lr to min_lr over the steps or the time budget (whichever
