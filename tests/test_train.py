@@ -284,3 +284,16 @@ def test_non_finite_and_out_of_range_training_numbers_are_usage_errors(runner, t
                             flag, value])  # fmt: skip
     assert r.exit_code == 2, r.stderr
     assert flag in r.stderr and not (tmp_path / "m").exists()
+
+
+def test_a_loss_that_becomes_nan_stops_the_run_without_writing_nan(runner, tmp_path) -> None:
+    text = tmp_path / "t.txt"
+    text.write_text("some text to train on\n" * 50)
+    out = tmp_path / "m"
+    r = runner.invoke(app, ["train-transformer", str(text), "-o", str(out), "--max-steps", "6", "--lr", "1e30",
+                            "--batch-size", "2", "--block-size", "16",
+                            "--log-interval", "1", "--warmup-steps", "0", "--grad-clip", "0"])  # fmt: skip
+    assert r.exit_code == 65, r.stderr
+    assert "training loss became" in r.stderr and "Traceback" not in r.stderr
+    for line in (out / "train.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} written to train.jsonl"))

@@ -240,6 +240,12 @@ def fit(run: Run, out: Path, d: Dist) -> dict[str, Any]:
 def _log_train(run: Run, log: Any, d: Dist, losses: list[Any]) -> float:
     """Append the mean training loss since the last record (over all processes); clear ``losses``."""
     mean = d.all_mean(float(sum(losses).item()) / len(losses))
+    if not math.isfinite(mean):  # the weights are lost: stop before writing anything more
+        raise DataError(
+            f"the training loss became {mean} by step {run.state.step}; nothing more is written and "
+            "the last checkpoint (if any) is kept",
+            hint="lower --lr or raise --warmup-steps, then --resume or start again",
+        )
     _write(log, _summary(run, mean, None) | {"lr": run.lr})
     losses.clear()
     return mean
