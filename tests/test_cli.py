@@ -478,3 +478,37 @@ def test_unwritable_output_places_exit_74_in_one_line(tmp_path, table_path, args
     assert (
         r.stderr.startswith("nlpkit: error: ") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     )
+
+
+def test_help_and_version_into_a_full_disk_exit_74_in_one_line() -> None:
+    for args in (["--help"], ["--version"]):
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([sys.executable, "-m", "nlpkit", *args], stdout=full, stderr=subprocess.PIPE,
+                               text=True, timeout=60)  # fmt: skip
+        assert r.returncode == 74 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train-word2vec", "-i", "{text}", "-o", "{tmp}/w.safetensors", "--vector-size", "400000000"],
+        ["train-transformer", "{text}", "-o", "{tmp}/m", "--n-embd", "400000000", "--max-steps", "1"],
+        ["analogy", "king", "--vectors", "{tmp}"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_absurd_sizes_and_wrong_kinds_are_usage_errors(runner, tmp_path, args) -> None:
+    if args[0].startswith("train"):
+        pytest.importorskip("torch")
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox\n" * 5)
+    r = runner.invoke(app, [a.format(text=text, tmp=tmp_path) for a in args])
+    assert r.exit_code == 2, r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def test_plot_refuses_losses_out_of_range(runner, tmp_path) -> None:
+    log = tmp_path / "train.jsonl"
+    log.write_text('{"step": 1, "loss": 1e308}\n{"step": 2, "loss": 2.0}\n')
+    r = runner.invoke(app, ["plot", str(log), "-o", str(tmp_path / "c.svg")])
+    assert r.exit_code == 65 and "out of range" in r.stderr and not (tmp_path / "c.svg").exists()

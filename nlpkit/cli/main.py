@@ -18,4 +18,16 @@ for _family in FAMILIES:
 
 
 def main() -> None:
-    app(prog_name="nlpkit")
+    try:
+        app(prog_name="nlpkit")
+    except OSError as e:  # --help or --version into a full disk or a closed stdout: one line, 74
+        import errno
+        import os
+        import sys
+
+        if isinstance(e, BrokenPipeError) or os.environ.get("NLPKIT_DEBUG", "") not in ("", "0"):
+            raise
+        if e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG):
+            print(f"nlpkit: error: <stdout>: cannot write ({e.strerror})", file=sys.stderr, flush=True)
+            raise SystemExit(74) from None
+        raise

@@ -12,6 +12,8 @@ from nlpkit.errors import DataError, InputMissing, UsageError
 
 ARCHS = ("lstm", "llama", "seq2seq")
 MODEL_TYPES = {"lstm": "nlpkit-lstm", "llama": "llama", "seq2seq": "nlpkit-seq2seq"}
+LIMITS = {"vocab_size": 1 << 22, "block_size": 1 << 20, "n_layer": 1024, "n_embd": 1 << 16, "n_head": 1024,
+          "head_dim": 4096, "intermediate_size": 1 << 20}  # fmt: skip
 IGNORE = -100  # target id that takes no part in the loss (Hugging Face's convention)
 
 
@@ -46,6 +48,10 @@ class ModelConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_embd", "n_head"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
+        for name, most in LIMITS.items():  # a width in the hundreds of millions is a typo, not a model
+            value = getattr(self, name)
+            if value is not None and value > most:
+                raise UsageError(f"--{name.replace('_', '-')} {value} is over the limit of {most}")
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError("--dropout must be in [0, 1)")
         if self.arch == "lstm":

@@ -48,7 +48,7 @@ class Word2VecConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.arch in ARCHS, f"--arch must be cbow or skipgram, not {self.arch!r}"),
-            (self.vector_size >= 1, "--vector-size must be at least 1"),
+            (1 <= self.vector_size <= 10_000, "--vector-size must be between 1 and 10000"),
             (1 <= self.window <= 100, "--window must be between 1 and 100"),
             (1 <= self.negative <= 100, "--negative must be between 1 and 100"),
             (self.min_count >= 1, "--min-count must be at least 1"),

@@ -136,6 +136,10 @@ def load_vectors(spec: str, fmt: str = "auto") -> WordVectors:
         return _load_nlpkit(str(store.asset_dir(spec) / "vectors.safetensors"))
     if not os.path.exists(spec):
         raise InputMissing("no such vectors file or named asset", where=spec, hint="see `nlpkit models list`")
+    if os.path.isdir(spec):
+        raise UsageError(
+            "a folder, not a vectors file", where=spec, hint="give a .safetensors, GloVe or word2vec file"
+        )
     fmt = detect_format(spec) if fmt == "auto" else fmt
     loaders = {"nlpkit": _load_nlpkit, "glove": read_glove, "word2vec": read_word2vec_text}
     if fmt == "word2vec-bin":

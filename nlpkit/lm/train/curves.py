@@ -29,7 +29,11 @@ def read_curves(path: str) -> dict[str, list[tuple[float, float]]]:
         record = parse_record(line, where)
         for key, points in curves.items():
             value, step = record.get(key), record.get("step")
-            if isinstance(value, (int, float)) and isinstance(step, (int, float)) and math.isfinite(value):
+            if isinstance(value, (int, float)) and isinstance(step, (int, float)):
+                if not (
+                    math.isfinite(value) and math.isfinite(step) and abs(value) < 1e100 and abs(step) < 1e15
+                ):
+                    raise DataError(f"{key} {value} at step {step} is out of range to draw", where=where)
                 points.append((float(step), float(value)))
     if not any(curves.values()):
         raise DataError(
