@@ -131,6 +131,13 @@ def test_resume_refusals(tmp_path: Path) -> None:
         fit(tmp_path / "m", max_steps=2)
     with pytest.raises(UsageError, match="--lr cannot change"):
         train([SONNETS], tmp_path / "m", resume=True, overrides={"lr": 0.1})
+    log = (tmp_path / "m" / "train.jsonl").read_text()
+    same = train(
+        [SONNETS], tmp_path / "m", resume=True, overrides={"max_steps": 2, "seed": 1337, "threads": 1}
+    )
+    assert (
+        same.get("already_finished") and (tmp_path / "m" / "train.jsonl").read_text() == log
+    )  # nothing appended
     other = tmp_path / "other.txt"
     other.write_text(Path(SONNETS).read_text()[:-100])
     with pytest.raises(DataError, match="differ from the checkpoint"):

@@ -89,7 +89,9 @@ def train(
     out_dir, overrides = Path(out), dict(overrides or {})
     ckpt = load_checkpoint(out_dir) if resume else None
     if ckpt is not None:
-        fixed = sorted(set(overrides) - RESUMABLE)
+        saved = ckpt["model_config"] | ckpt["train_config"]
+        fixed = sorted(k for k in set(overrides) - RESUMABLE if saved.get(k, object()) != overrides[k])
+        overrides = {k: v for k, v in overrides.items() if k in RESUMABLE}  # the same value: nothing changes
         if fixed:
             raise UsageError(
                 f"--{_flag(fixed[0])} cannot change when resuming", hint="the checkpoint's value is used"
@@ -202,6 +204,19 @@ def fit(run: Run, out: Path, d: Dist) -> dict[str, Any]:
     t0, base = time.perf_counter(), state.elapsed
     losses: list[Any] = []  # this log interval's losses, as tensors (no device sync per step)
     train_loss = val_loss = None
+    if (cfg.max_steps and state.step >= cfg.max_steps) or (cfg.max_time and state.elapsed >= cfg.max_time):
+        from nlpkit.io.talk import say
+
+        say(
+            f"{out}: the run already finished at step {state.step}; nothing to do (raise --max-steps)"
+        )
+        if log is not None:
+            log.close()
+        return _summary(run, None, None) | {
+            "model": str(out),
+            "arch": run.model_cfg.arch,
+            "already_finished": True,
+        }
     with StopFlag() as stop, Progress("training", total=cfg.max_steps, unit=" steps") as progress:
         while True:
             signum, state.elapsed = d.all_max([stop.signum, base + time.perf_counter() - t0])
