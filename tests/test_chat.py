@@ -417,3 +417,23 @@ def test_without_torch_chat_says_what_to_install(tiny_chat) -> None:  # type: ig
         and b"pip install 'nlpkit[torch]'" in proc.stderr
         and b"Traceback" not in proc.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("", "renders an empty prompt"),
+        ("{% for m in messages %}   {% endfor %}", "renders an empty prompt"),
+        ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x", "ran past"),
+        (
+            "{% for i in range(100000) %}{% for j in range(100) %}xxxxxxxxxx{% endfor %}{% endfor %}",
+            "more than",
+        ),
+    ],
+)
+def test_hostile_or_empty_chat_templates_are_refused(source, message, monkeypatch) -> None:
+    import nlpkit.text.chat_template as ct
+
+    monkeypatch.setattr(ct, "MAX_RENDER_SECONDS", 1)
+    with pytest.raises(DataError, match=message):
+        ct.ChatTemplate(source).render([{"role": "user", "content": "hi"}])

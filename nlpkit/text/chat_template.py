@@ -16,8 +16,9 @@ tokens. So a user (or a retrieved document) cannot close its turn and open a sys
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,36 @@ def check_messages(messages: Any, where: str = "messages") -> list[Message]:
             )
         out.append({"role": m["role"], "content": m["content"]})
     return out
+
+
+MAX_RENDER_CHARS = 1 << 20  # plus 4x the messages' own text
+MAX_RENDER_SECONDS = 5
+
+
+class _TooSlow(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """SIGALRM after ``seconds`` in the main thread (elsewhere: no limit, the output cap stays)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise _TooSlow
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass
@@ -88,15 +119,32 @@ class ChatTemplate:
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = raise_exception
+        # a template is code from a file: bound its output and (in the main thread) its time
+        limit = MAX_RENDER_CHARS + 4 * sum(len(m["content"]) for m in messages)
+        parts: list[str] = []
+        size = 0
         try:
-            return env.from_string(self.source).render(
-                messages=list(messages),
-                add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token,
-                eos_token=self.eos_token,
-            )
+            with _time_limit(MAX_RENDER_SECONDS):
+                for piece in env.from_string(self.source).generate(
+                    messages=list(messages),
+                    add_generation_prompt=add_generation_prompt,
+                    bos_token=self.bos_token,
+                    eos_token=self.eos_token,
+                ):
+                    size += len(piece)
+                    if size > limit:
+                        raise DataError(f"the model's chat template renders more than {limit} characters")
+                    parts.append(piece)
         except TemplateError as e:
             raise DataError(f"the model's chat template failed ({e})") from None
+        except _TooSlow:
+            raise DataError(f"the model's chat template ran past {MAX_RENDER_SECONDS} s (a loop?)") from None
+        text = "".join(parts)
+        if not text.strip():
+            raise DataError(
+                "the model's chat template renders an empty prompt", hint="check its chat_template"
+            )
+        return text
 
 
 def encode_chat(tok: Any, template: ChatTemplate, messages: Sequence[Message]) -> list[int]:

@@ -207,9 +207,7 @@ def fit(run: Run, out: Path, d: Dist) -> dict[str, Any]:
     if (cfg.max_steps and state.step >= cfg.max_steps) or (cfg.max_time and state.elapsed >= cfg.max_time):
         from nlpkit.io.talk import say
 
-        say(
-            f"{out}: the run already finished at step {state.step}; nothing to do (raise --max-steps)"
-        )
+        say(f"{out}: the run already finished at step {state.step}; nothing to do (raise --max-steps)")
         if log is not None:
             log.close()
         return _summary(run, None, None) | {
