@@ -278,3 +278,35 @@ def test_sentence_encoder_quantizes_to_int8_for_embed_and_rag(
     (out / "model.onnx").write_bytes(b"not a model")
     bad = runner.invoke(app, ["embed", "-m", str(out), "x"])
     assert bad.exit_code == 65 and "receipt" in bad.stderr
+
+
+def test_onnx_cache_rows_join_and_leave_like_the_torch_cache(tiny: Path, tmp_path: Path) -> None:
+    """merge/select/compact (the serve engine's continuous batching) give every row the logits
+    it gets alone, fed the same tokens."""
+    dec = _float_session(tiny, tmp_path)
+    gen = Generator(dec, read_config(tiny), Generator.load(tiny, "cpu").tok, "cpu")
+    a, b = [3, 7, 9, 11, 4, 5], [6, 2]
+    feed_a, feed_b = [8, 12, 4, 9, 3, 5, 7, 10, 2], [5, 9, 13, 4, 6, 8, 11, 3, 7]
+
+    def alone(prompt: list[int], feed: list[int]) -> list[Any]:
+        logits, cache = gen.prefill([prompt], 12)
+        out = [logits[0]]
+        for t in feed:
+            out.append(gen.step([t], cache)[0])
+        return out
+
+    want_a, want_b = alone(a, feed_a), alone(b, feed_b)
+    logits, cache = gen.prefill([a], 12)
+    got_a = [logits[0]] + [gen.step([t], cache)[0] for t in feed_a[:3]]  # a runs alone for 3 steps
+    logits_b, cache_b = gen.prefill([b], 12)
+    got_b = [logits_b[0]]
+    cache = cache.merge(cache_b, room=12)  # b joins the running batch
+    for ta, tb in zip(feed_a[3:], feed_b[:6], strict=True):
+        both = gen.step([ta, tb], cache)
+        got_a.append(both[0])
+        got_b.append(both[1])
+    cache = cache.select([1]).compact(room=4)  # a leaves
+    got_b += [gen.step([t], cache)[0] for t in feed_b[6:]]
+    for got, want in ((got_a, want_a), (got_b, want_b)):
+        assert len(got) == len(want)
+        assert all(torch.allclose(g, w, atol=1e-4) for g, w in zip(got, want, strict=True))

@@ -93,6 +93,7 @@ class OnnxCache:
     def __init__(self, cfg: ModelConfig, B: int, max_len: int, device: str):
         from nlpkit.io.deps import require
 
+        self.cfg = cfg
         ort = require("onnxruntime", "a quantized model")
         self.max_len = min(max_len or cfg.block_size, cfg.block_size)
         self.device = "cuda" if device.startswith("cuda") else "cpu"
@@ -120,6 +121,75 @@ class OnnxCache:
     def pos(self) -> int:
         """Positions used by the longest row (the Generator stops or restarts at ``max_len``)."""
         return int(self.lengths.max()) if len(self.lengths) else 0
+
+    # ---- continuous batching (nlpkit.serve.engine): rows join and leave a running batch, the
+    # same three operations as lm.kv_cache.KVCache. Rows here are right-padded (each row's
+    # tokens start at column 0 and GroupQueryAttention writes at its own length), so no
+    # realignment is needed: rows are copied, and ``room`` columns are kept free after the longest.
+
+    @property
+    def rows(self) -> int:
+        return len(self.lengths)
+
+    def select(self, rows: list[int]) -> OnnxCache:
+        """Keep only ``rows`` (in that order)."""
+        host = self._host()
+        out = self._like(len(rows), self.max_len)
+        out._fill([(k[rows], v[rows]) for k, v in host], self.lengths[rows])
+        return out
+
+    def merge(self, other: OnnxCache, room: int = 0) -> OnnxCache:
+        """The rows of ``self`` then those of ``other`` (a fresh prefill), with ``room`` free
+        columns after the longest row."""
+        width = max(self.pos, other.pos)
+        out = self._like(self.rows + other.rows, width + room)
+        keep = min(width, out.max_len)
+        joined = [
+            (
+                np.concatenate([ka[:, :, :keep], kb[:, :, :keep]]),
+                np.concatenate([va[:, :, :keep], vb[:, :, :keep]]),
+            )
+            for (ka, va), (kb, vb) in zip(self._host(width), other._host(width), strict=True)
+        ]
+        out._fill(joined, np.concatenate([self.lengths, other.lengths]))
+        return out
+
+    def compact(self, room: int) -> OnnxCache:
+        """Make sure ``room`` columns are free after the longest row (self when they are)."""
+        if self.pos + room <= self.max_len:
+            return self
+        out = self._like(self.rows, self.pos + room)
+        out._fill(self._host(self.pos), self.lengths)
+        return out
+
+    def _like(self, B: int, max_len: int) -> OnnxCache:
+        out = OnnxCache.__new__(OnnxCache)
+        OnnxCache.__init__(out, self.cfg, B, max_len, self.device)
+        return out
+
+    def _host(self, width: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each layer's (k, v) as host arrays, the first ``width`` columns (all when None)."""
+        pairs = self.arrays or [(k.numpy(), v.numpy()) for k, v in self.kv]
+        return [(k[:, :, :width], v[:, :, :width]) for k, v in pairs] if width is not None else pairs
+
+    def _fill(self, pairs: list[tuple[np.ndarray, np.ndarray]], lengths: np.ndarray) -> None:
+        width = min(pairs[0][0].shape[2], self.max_len)
+        if self.arrays:
+            for (k, v), (pk, pv) in zip(self.arrays, pairs, strict=True):
+                k[:, :, :width], v[:, :, :width] = pk[:, :, :width], pv[:, :, :width]
+        else:  # device buffers: build them from host arrays padded to max_len
+            from nlpkit.io.deps import require
+
+            ort = require("onnxruntime", "a quantized model")
+            shape = (len(lengths), self.cfg.kv_heads, self.max_len, self.cfg.hs)
+            fresh = []
+            for pk, pv in pairs:
+                k, v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+                k[:, :, :width], v[:, :, :width] = pk[:, :, :width], pv[:, :, :width]
+                wrap = ort.OrtValue.ortvalue_from_numpy
+                fresh.append((wrap(k, self.device, 0), wrap(v, self.device, 0)))
+            self.kv = fresh
+        self.lengths = np.asarray(lengths, dtype=np.int64).copy()
 
 
 class OnnxDecoder:
