@@ -287,3 +287,47 @@ def test_a_locked_output_exits_75(runner, tmp_path: Path) -> None:
     with lock_for(out):
         result = runner.invoke(app, ["train-word2vec", "-i", str(text), "-o", str(out), "--min-count", "1"])
     assert result.exit_code == 75 and "locked" in result.stderr
+
+
+@pytest.mark.parametrize("arch", ["skipgram", "cbow"])
+def test_word2vec_pairs_are_exactly_the_pairs_the_trainer_consumes(arch: str) -> None:
+    """training_pairs(..., as_trained=True) against the pair mask of the trainer's own batches."""
+    torch = pytest.importorskip("torch")
+    from nlpkit.vectors.word2vec_trainer import Trainer
+
+    texts = [" ".join(f"w{(i * 7 + j * 3) % 23}" for j in range(12)) for i in range(40)]
+    cfg = w2v.Word2VecConfig(arch=arch, window=3, min_count=1, sample=0.01, vector_size=8, seed=11,
+                             batch_words=32, threads=1)  # fmt: skip
+    got = list(w2v.training_pairs(texts, cfg, as_trained=True))
+    corpus = w2v.build_corpus(texts, 1)
+    trainer = Trainer(torch, corpus, cfg, "cpu")
+    ids, sentence, reach, n = trainer._epoch_arrays()
+    W, B = cfg.window, trainer.B
+    want = []
+    for first in range(-(-n // B)):
+        span = trainer._span(ids, sentence, reach, first, first + 1)
+        for c in range(min(B, n - first * B)):
+            row = span["m"][c]
+            centre = corpus.words[int(span["ids"][c + W])]
+            context = [corpus.words[int(span["ids"][c + k])] for k in range(2 * W + 1) if row[k] > 0]
+            if arch == "cbow" and context:
+                want.append((tuple(context), centre))
+            want += [(centre, x) for x in context] if arch == "skipgram" else []
+    pairs = [(tuple(r["input"]), r["target"]) if arch == "cbow" else (r["input"], r["target"]) for r in got]
+    assert pairs == want and len(pairs) > 100
+    assert max(r["position"] for r in got) + 1 < len(corpus.ids)  # subsampling dropped some words
+    plain = list(w2v.training_pairs(texts, cfg))  # no subsampling, the full window
+
+    def size(rows: list[dict]) -> int:
+        return sum(len(r["input"]) if arch == "cbow" else 1 for r in rows)
+
+    assert size(plain) > size(got)
+
+
+def test_word2vec_pairs_cli_shows_the_window(runner) -> None:  # type: ignore[no-untyped-def]
+    r = runner.invoke(app, ["word2vec-pairs", "--arch", "cbow", "--window", "1", "by a red bus"])
+    assert r.exit_code == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(x["input"], x["target"]) for x in rows] == [
+        (["a"], "by"), (["by", "red"], "a"), (["a", "bus"], "red"), (["red"], "bus"),
+    ]  # fmt: skip

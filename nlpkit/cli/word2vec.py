@@ -7,7 +7,17 @@ from typing import Annotated
 import typer
 
 from nlpkit.cli.app import app
-from nlpkit.cli.options import Device, InputFormat, Inputs, Output, Quiet, Seed, Wait, inputs_or_stdin
+from nlpkit.cli.options import (
+    Device,
+    InputFormat,
+    Inputs,
+    MaybeSeed,
+    Output,
+    Quiet,
+    Seed,
+    Wait,
+    inputs_or_stdin,
+)
 
 
 @app.command("train-word2vec", rich_help_panel="Word vectors")
@@ -83,3 +93,54 @@ def train_word2vec_cmd(
         f"trained {cfg.arch} in {stats.seconds:.1f} s ({stats.words_per_second:,.0f} words/s), "
         f"loss {stats.loss:.4f}; wrote {len(wv)} vectors to {output}"
     )
+
+
+@app.command("word2vec-pairs", rich_help_panel="Word vectors")
+def word2vec_pairs_cmd(
+    texts: Annotated[
+        list[str] | None, typer.Argument(help="Text (default: -i / stdin).", show_default=False)
+    ] = None,
+    inputs: Inputs = None,
+    arch: Annotated[str, typer.Option("--arch", help="skipgram or cbow.")] = "skipgram",
+    window: Annotated[
+        int, typer.Option("--window", help="Largest distance between a word and its context.")
+    ] = 5,
+    min_count: Annotated[int, typer.Option("--min-count", help="Leave out words seen fewer times.")] = 1,
+    sample: Annotated[
+        float, typer.Option("--sample", help="With --seed: subsampling threshold, as train-word2vec.")
+    ] = 1e-3,
+    vector_size: Annotated[
+        int,
+        typer.Option("--vector-size", help="With --seed: as train-word2vec (its random draws come first)."),
+    ] = 100,
+    seed: MaybeSeed = None,
+    field: Annotated[str, typer.Option("--field", help="JSONL field holding the text.")] = "text",
+    input_format: InputFormat = "auto",
+    output: Output = "-",
+    quiet: Quiet = False,
+) -> None:
+    """The (input, target) samples word2vec's sliding window makes from a text, as JSONL.
+
+    Skip-gram: one record per (centre, context) pair, {"input": centre, "target": context};
+    CBOW: one per centre, {"input": [context words], "target": centre}. Without --seed every word
+    within --window of the centre (same sentence) is a context. With --seed: exactly the pairs
+    `train-word2vec` trains on in its first epoch with the same --seed, --window, --sample,
+    --min-count and --vector-size (frequent words dropped, a window of 1..N drawn per centre).
+
+    Example: nlpkit word2vec-pairs --arch cbow --window 2 "the quick brown fox jumps"
+    """
+    from nlpkit.io.records import RecordWriter, read_records
+    from nlpkit.io.talk import set_quiet
+    from nlpkit.vectors import word2vec as w2v
+
+    set_quiet(quiet)
+    cfg = w2v.Word2VecConfig(
+        arch=arch, window=window, min_count=min_count, sample=sample if seed is not None else 0.0,
+        vector_size=vector_size, seed=seed if seed is not None else 1,
+    )  # fmt: skip
+    if texts:
+        lines = list(texts)
+    else:
+        lines = [r[field] for _, r in read_records(inputs_or_stdin(inputs), field=field, fmt=input_format)]
+    with RecordWriter(output) as out:
+        out.write_all(w2v.training_pairs(lines, cfg, as_trained=seed is not None))

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -125,3 +125,49 @@ def train_vectors(
     return WordVectors(corpus.words, vectors), {
         "nlpkit.word2vec": json.dumps(info, sort_keys=True, ensure_ascii=False)
     }
+
+
+def training_pairs(texts: Sequence[str], cfg: Word2VecConfig, as_trained: bool = False) -> Iterator[dict]:
+    """The (input, target) samples the sliding window makes from ``texts``: skip-gram gives one
+    record per (centre, context) pair, ``{"input": centre, "target": context}``; CBOW one per
+    centre, ``{"input": [context words], "target": centre}``. Each adds its "sentence" and the
+    centre's "position" among the kept tokens.
+
+    By default every word within ``cfg.window`` of the centre in the same sentence is a context
+    (the textbook picture, no subsampling). With ``as_trained``, the first epoch of
+    ``train-word2vec`` with the same settings and seed: the same frequent words dropped and the
+    same window size drawn for each centre (word2vec's dynamic window), read from the trainer's
+    own random draws, so these are exactly the pairs it trains on in that epoch.
+    """
+    torch = import_torch()
+    corpus = build_corpus(texts, cfg.min_count, cfg.max_vocab)
+    W = cfg.window
+    if as_trained:
+        old = torch.get_num_threads()
+        try:
+            ids_t, sentence_t, reach_t, n = Trainer(torch, corpus, cfg, "cpu")._epoch_arrays()
+        finally:
+            torch.set_num_threads(old)
+        ids, sentence, reach = ids_t.numpy(), sentence_t.numpy(), reach_t.numpy()
+        from nlpkit.io.talk import say
+
+        say(f"subsampling (--sample {cfg.sample}) kept {n} of {len(corpus.ids)} tokens in this epoch")
+    else:
+        n = len(corpus.ids)
+        ids = np.concatenate([np.zeros(W, np.int32), corpus.ids, np.zeros(W, np.int32)])
+        no_one = -np.arange(1, 2 * W + 1, dtype=np.int32)
+        sentence = np.concatenate([no_one[:W], corpus.sentence, no_one[W:]])
+        reach = np.full(n, W)
+    words = corpus.words
+    for c in range(n):
+        h = c + W  # the centre's row in the padded arrays
+        near = [
+            h + d for d in range(-W, W + 1) if d and abs(d) <= reach[c] and sentence[h + d] == sentence[h]
+        ]
+        base = {"sentence": int(sentence[h]), "position": c}
+        if cfg.arch == "cbow":
+            if near:
+                yield {"input": [words[ids[j]] for j in near], "target": words[ids[h]], **base}
+        else:
+            for j in near:
+                yield {"input": words[ids[h]], "target": words[ids[j]], **base}
