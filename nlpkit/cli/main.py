@@ -11,7 +11,19 @@ import importlib
 
 from nlpkit.cli.app import app
 
-FAMILIES = ("vectors", "convert", "word2vec", "tokens", "lm", "llm", "quantize", "rag", "models", "data")
+FAMILIES = (
+    "vectors",
+    "convert",
+    "word2vec",
+    "tokens",
+    "lm",
+    "llm",
+    "attention",
+    "quantize",
+    "rag",
+    "models",
+    "data",
+)
 
 for _family in FAMILIES:
     importlib.import_module(f"nlpkit.cli.{_family}")
