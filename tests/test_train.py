@@ -304,3 +304,16 @@ def test_a_loss_that_becomes_nan_stops_the_run_without_writing_nan(runner, tmp_p
     assert "training loss became" in r.stderr and "Traceback" not in r.stderr
     for line in (out / "train.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} written to train.jsonl"))
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_other_recurrent_cells_train_save_load_and_generate(tmp_path: Path, cell: str) -> None:
+    from nlpkit.llm.generate import Generator, Sampling
+    from nlpkit.lm.config import read_config
+
+    summary = fit(tmp_path / cell, "lstm", max_steps=20, lr=1e-2, cell=cell)
+    cfg = read_config(tmp_path / cell)
+    assert cfg.cell == cell and summary["step"] == 20
+    gen = Generator.load(tmp_path / cell, "cpu")
+    assert type(gen.model.lstm).__name__ == cell.upper()
+    assert len(gen.complete("From", Sampling(max_new_tokens=5, seed=1))) > 0

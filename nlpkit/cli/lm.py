@@ -241,6 +241,12 @@ def train_lstm_cmd(
     output: ModelOut = "model",
     preset: Preset = None,
     tokenizer: TokenizerSpec = "",
+    cell: Annotated[
+        str | None,
+        typer.Option(
+            "--cell", help="The recurrent cell: lstm (default), gru, or rnn (plain tanh).", show_default=False
+        ),
+    ] = None,
     n_layer: NLayer = None,
     n_embd: NEmbd = None,
     block_size: BlockSize = None,
@@ -271,7 +277,8 @@ def train_lstm_cmd(
     wait: Wait = False,
     quiet: Quiet = False,
 ) -> None:
-    """Train an LSTM language model (embedding -> LSTM -> head) from text.
+    """Train an LSTM language model (embedding -> LSTM -> head) from text; --cell gru or rnn for a
+    GRU or a plain RNN on the same loop (bench/bench_rnn.py compares them on long-range recall).
 
     Same data, checkpoints, SIGTERM/--resume, torchrun and output as train-transformer.
 

@@ -11,6 +11,7 @@ from typing import Any
 from nlpkit.errors import DataError, InputMissing, UsageError
 
 ARCHS = ("lstm", "llama", "seq2seq")
+CELLS = ("lstm", "gru", "rnn")
 MODEL_TYPES = {"lstm": "nlpkit-lstm", "llama": "llama", "seq2seq": "nlpkit-seq2seq"}
 LIMITS = {"vocab_size": 1 << 22, "block_size": 1 << 20, "n_layer": 1024, "n_embd": 1 << 16, "n_head": 1024,
           "head_dim": 4096, "intermediate_size": 1 << 20}  # fmt: skip
@@ -41,6 +42,7 @@ class ModelConfig:
     bos_id: int | None = None
     eos_id: int | None = None
     pad_id: int | None = None
+    cell: str = "lstm"  # the recurrent cell of arch "lstm": lstm, gru or rnn (a plain tanh RNN)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -54,6 +56,8 @@ class ModelConfig:
                 raise UsageError(f"--{name.replace('_', '-')} {value} is over the limit of {most}")
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError("--dropout must be in [0, 1)")
+        if self.cell not in CELLS:
+            raise UsageError(f"unknown --cell {self.cell!r}", hint=f"use one of {', '.join(CELLS)}")
         if self.arch == "lstm":
             return
         if self.head_dim is None and self.n_embd % self.n_head:
@@ -97,7 +101,10 @@ class ModelConfig:
             }
         else:
             d.pop("num_attention_heads")
-        d |= {"torch_dtype": "float32", "nlpkit": {"arch": self.arch, "dropout": self.dropout}}
+        extra: dict[str, Any] = {"arch": self.arch, "dropout": self.dropout}
+        if self.arch == "lstm" and self.cell != "lstm":
+            extra["cell"] = self.cell
+        d |= {"torch_dtype": "float32", "nlpkit": extra}
         return d
 
     @classmethod
@@ -117,7 +124,9 @@ class ModelConfig:
         if arch == "llama" and (d.get("hidden_act", "silu") != "silu" or not plain):
             raise DataError("only plain Llama models (silu, no rope scaling, no biases) load", where=where)
         try:
-            return cls(arch=arch, dropout=float(extra.get("dropout", 0.0)), **kw)
+            return cls(
+                arch=arch, dropout=float(extra.get("dropout", 0.0)), cell=str(extra.get("cell", "lstm")), **kw
+            )
         except (UsageError, TypeError) as e:
             raise DataError(f"invalid model config ({e})", where=where) from None
 

@@ -10,6 +10,7 @@ building blocks, the config and saving/loading.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -21,19 +22,24 @@ from nlpkit.lm.layers import Attention, FeedForward, lm_loss
 
 class LSTMState:
     def __init__(self) -> None:
-        self.hc: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.hc: Any = None  # (h, c) for an LSTM, h for a GRU or a plain RNN
+
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # nn.RNN: h' = tanh(W x + U h), no gates
 
 
 class LSTMLM(nn.Module):
-    """Embedding -> ``nn.LSTM`` (n_layer layers of n_embd units, dropout between) -> head."""
+    """Embedding -> recurrent layers (``cfg.cell``: nn.LSTM by default, nn.GRU, or a plain tanh
+    nn.RNN; n_layer layers of n_embd units, dropout between) -> head. The recurrent module keeps
+    the attribute name ``lstm`` whatever the cell, so saved LSTM models load unchanged."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
-        self.lstm = nn.LSTM(cfg.n_embd, cfg.n_embd, cfg.n_layer, batch_first=True,
-                            dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)  # fmt: skip
+        self.lstm = CELLS[cfg.cell](cfg.n_embd, cfg.n_embd, cfg.n_layer, batch_first=True,
+                                    dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)  # fmt: skip
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size)
         # U(-0.1, 0.1), the classic LSTM LM initialisation (Zaremba et al. 2014): GPT's N(0, 0.02)
         # makes a tied head's first logits so small that learning starts slowly
