@@ -11,7 +11,7 @@ import importlib
 
 from nlpkit.cli.app import app
 
-FAMILIES = ("vectors", "convert", "word2vec", "tokens", "lm", "llm", "rag", "models")
+FAMILIES = ("vectors", "convert", "word2vec", "tokens", "lm", "llm", "serve", "rag", "models")
 
 for _family in FAMILIES:
     importlib.import_module(f"nlpkit.cli.{_family}")

@@ -15,6 +15,8 @@ EXTRAS = {
     "onnx": ("onnx", None),
     "faiss": ("faiss", "faiss-cpu"),
     "matplotlib": ("plot", None),
+    "starlette": ("serve", None),
+    "uvicorn": ("serve", None),
 }
 
 
