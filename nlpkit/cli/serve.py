@@ -17,18 +17,22 @@ def serve_cmd(
         str,
         typer.Option(
             "--embed-model",
-            help="Sentence encoder behind /v1/embeddings (a named asset or a BERT folder); 'none': no embeddings.",
+            help="Sentence encoder behind /v1/embeddings (a named asset or a BERT folder); "
+            "'none': no embeddings.",
             envvar="NLPKIT_EMBED_MODEL",
         ),
     ] = "minilm-l6-v2",
     host: Annotated[
         str,
         typer.Option(
-            "--host", help="Address to bind; anything but loopback needs --api-key-file.", envvar="NLPKIT_HOST"
+            "--host",
+            help="Address to bind; anything but loopback needs --api-key-file.",
+            envvar="NLPKIT_HOST",
         ),
     ] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free one).", envvar="NLPKIT_PORT")
+        int,
+        typer.Option("--port", min=0, max=65535, help="TCP port (0: any free one).", envvar="NLPKIT_PORT"),
     ] = 8000,
     api_key_file: Annotated[
         str | None,
@@ -53,7 +57,9 @@ def serve_cmd(
     ] = 1 << 20,
     grace: Annotated[
         float,
-        typer.Option("--grace", min=0.0, help="Seconds SIGTERM lets running replies finish before ending them."),
+        typer.Option(
+            "--grace", min=0.0, help="Seconds SIGTERM lets running replies finish before ending them."
+        ),
     ] = 30.0,
     ready_file: Annotated[
         str | None,

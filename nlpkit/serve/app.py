@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import os
 import sys
@@ -97,10 +98,8 @@ class Stream:
         self._put(_Finish(reason))
 
     def _put(self, item: str | _Finish) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # a closed event loop: nobody listens any more
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the event loop is closed: nobody is listening any more
-            pass
 
 
 def build_app(backend: Backend) -> Any:
@@ -132,8 +131,9 @@ async def _chat(b: Backend, request: Request) -> Response:
     _check_model(b, req.model)
     if b.template is None:
         raise ApiError(400, f"{b.model_id} has no chat template: use /v1/completions", param="model")
-    assert isinstance(req.prompt, list)
-    ids = _encoded(lambda: encode_chat(b.tok, b.template, req.prompt))  # type: ignore[arg-type]
+    template, messages = b.template, req.prompt
+    assert isinstance(messages, list)
+    ids = _encoded(lambda: encode_chat(b.tok, template, messages))
     return await _generate(b, request, req, ids, [], "chat.completion")
 
 
@@ -220,7 +220,9 @@ class Reply:
             if self.kind == "chat.completion":
                 yield _event(self._chunk(chunk, {"role": "assistant", "content": ""}))
             while not isinstance(item := await self.stream.queue.get(), _Finish):
-                yield _event(self._chunk(chunk, {"content": item} if self.kind != "text_completion" else item))
+                yield _event(
+                    self._chunk(chunk, {"content": item} if self.kind != "text_completion" else item)
+                )
             reason = item.reason
             if reason == "error":
                 yield _event(ApiError(500, "generation failed", "server_error").body())
@@ -270,7 +272,9 @@ async def _embeddings(b: Backend, request: Request) -> Response:
     model, texts, fmt = embedding_request(await _json(request), b.limits)
     if b.encoder is None or model != b.embed_id:
         known = f" (this server embeds with {b.embed_id})" if b.encoder is not None else ""
-        raise ApiError(404, f"the model {model!r} does not exist{known}", param="model", code="model_not_found")
+        raise ApiError(
+            404, f"the model {model!r} does not exist{known}", param="model", code="model_not_found"
+        )
     encoder = b.encoder
 
     def run() -> tuple[Any, int]:

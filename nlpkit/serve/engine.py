@@ -147,7 +147,7 @@ class Engine:
                     self._end_all("length")
                     continue
                 room = self.max_batch - len(self.running)
-                new = []
+                new: list[Job] = []
                 while self.waiting and len(new) < room:
                     job = self.waiting.popleft()
                     if job.cancelled:

@@ -88,7 +88,11 @@ def _name(spec: str) -> str:
 
 
 def run_server(
-    backend: Backend, host: str = "127.0.0.1", port: int = 8000, grace: float = 30.0, ready_file: str | None = None
+    backend: Backend,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    grace: float = 30.0,
+    ready_file: str | None = None,
 ) -> None:
     """Serve until SIGTERM or Ctrl-C (uvicorn, one process; the engine decodes on its thread)."""
     server = make_server(backend, host, port, grace, ready_file)
@@ -104,7 +108,11 @@ def run_server(
 
 
 def make_server(
-    backend: Backend, host: str = "127.0.0.1", port: int = 8000, grace: float = 30.0, ready_file: str | None = None
+    backend: Backend,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    grace: float = 30.0,
+    ready_file: str | None = None,
 ) -> Any:
     """A uvicorn server for ``backend`` (``.run()`` serves; ``.url`` once started). The
     caller starts ``backend.engine``."""
@@ -127,9 +135,11 @@ def make_server(
 
 
 def _server_class(uvicorn: Any) -> Any:
-    class Server(uvicorn.Server):  # type: ignore[misc,name-defined]
+    class Server(uvicorn.Server):
         """uvicorn's server, plus: the ready file once listening, the engine drained on a
         signal, and SIGTERM not re-raised after the clean shutdown (so the exit code is 0)."""
+
+        _captured_signals: list[int]  # uvicorn's: re-raised once the server has stopped
 
         def __init__(self, config: Any, backend: Backend, grace: float, ready_file: str | None):
             super().__init__(config)
@@ -154,7 +164,8 @@ def _server_class(uvicorn: Any) -> Any:
             self.backend.engine.drain(self.grace if not self.should_exit else 0.0)
             super().handle_exit(sig, frame)
             if sig == signal.SIGTERM:  # a supervisor's stop is a normal end: exit 0
-                self._captured_signals = [s for s in self._captured_signals if s != sig]
+                kept: list[int] = [s for s in self._captured_signals if s != sig]
+                self._captured_signals = kept
             else:
                 self.interrupted, self._captured_signals = True, []
 
