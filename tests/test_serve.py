@@ -429,11 +429,12 @@ def start_server(model_dir: Path, tmp_path: Path, *extra: str) -> tuple[subproce
     ready = tmp_path / "ready"
     cmd = [sys.executable, "-m", "nlpkit", "serve", str(model_dir), "--port", "0", "--embed-model", "none",
            "--device", "cpu", "--ready-file", str(ready), *extra]  # fmt: skip
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    with open(tmp_path / "stderr.log", "wb") as log:  # a file: a full pipe would stall the server
+        proc = subprocess.Popen(cmd, stderr=log, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert ready.exists(), proc.stderr.read().decode() if proc.stderr else ""
+    assert ready.exists(), (tmp_path / "stderr.log").read_text()
     return proc, ready.read_text().strip()
 
 
@@ -482,11 +483,7 @@ def test_sigterm_during_streams_ends_them_cleanly_and_exits_0(model_dir: Path, t
         last = json.loads(lines[-2][len("data: ") :])
         assert last["choices"][0]["finish_reason"] in ("stop", "length")
     assert not (tmp_path / "ready").exists()
-    log = (
-        [json.loads(x) for x in proc.stderr.read().decode().splitlines() if x.startswith("{")]
-        if proc.stderr
-        else []
-    )
+    log = [json.loads(x) for x in (tmp_path / "stderr.log").read_text().splitlines() if x.startswith("{")]
     posts = [x for x in log if x["method"] == "POST"]
     assert len(posts) == 3 and all(x["status"] == 200 and "latency_ms" in x for x in posts)
     assert sorted(x["status"] for x in log if x["method"] == "GET") == [200, 401, 401]
