@@ -537,3 +537,55 @@ def test_load_500_requests_at_16_concurrency_zero_errors_flat_rss(model_dir: Pat
     print(f"load: 500 requests in {elapsed:.1f} s, rss at 100: {rss[100]} kB, at 500: {rss[500]} kB")
     assert not errors, errors[:3]
     assert abs(rss[500] - rss[100]) <= 0.10 * rss[100], rss
+
+
+def test_a_failing_step_ends_its_requests_with_an_error_object_and_serving_goes_on(
+    live: tuple[Backend, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend, url = live
+
+    def broken(tokens: list[int], cache: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(backend.gen, "step", broken)
+    body = {"model": backend.model_id, "prompt": "a", "max_tokens": 5, "temperature": 0}
+    r = httpx.post(f"{url}/v1/completions", json=body)
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error" and "Traceback" not in r.text
+    lines = [
+        x for x in httpx.post(f"{url}/v1/completions", json={**body, "stream": True}).text.splitlines() if x
+    ]
+    assert json.loads(lines[-2][6:])["error"]["type"] == "server_error" and lines[-1] == "data: [DONE]"
+    monkeypatch.undo()
+    assert client(url).completions.create(**body).choices[0].finish_reason == "length"
+
+
+def test_a_backend_without_batch_operations_serves_one_request_at_a_time(model_dir: Path) -> None:
+    gen = Generator.load(model_dir, "cpu")
+    assert Engine(gen).batched
+    ids = gen.prompt_ids("Once upon")
+    want = list(gen.tokens_from_ids(list(ids), Sampling(max_new_tokens=8, temperature=0)))
+    from nlpkit.lm.kv_cache import KVCache
+
+    class OldCache(KVCache):  # a backend's cache from before continuous batching
+        merge = None  # type: ignore[assignment]
+
+    make = gen.model.new_cache
+
+    def new_cache(B: int = 1, max_len: int = 0) -> KVCache:
+        cache = make(B, max_len)
+        cache.__class__ = OldCache
+        return cache
+
+    gen.model.new_cache = new_cache  # type: ignore[method-assign]
+    engine = Engine(gen, max_batch=8)
+    assert not engine.batched and engine.max_batch == 1
+    got: list[int] = []
+    ended = threading.Event()
+    sink = type(
+        "S", (), {"token": lambda self, t: got.append(t) is None, "end": lambda self, r: ended.set()}
+    )()
+    engine.start()
+    engine.submit(Job(list(ids), Sampling(max_new_tokens=8, temperature=0), sink))
+    assert ended.wait(10)
+    engine.stop()
+    assert got == want

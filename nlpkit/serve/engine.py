@@ -18,7 +18,8 @@ Runtime): ``prefill(rows, max_new_tokens) -> (logits (B, vocab), cache)``,
 ``step(tokens, cache) -> logits (B, vocab)``, ``banned()``, ``cfg.eos_id``, ``cfg.block_size``,
 ``cfg.arch``; from the cache: ``pos``, ``max_len``, ``merge(other, room)``, ``select(rows)``,
 ``compact(room)`` (see nlpkit/lm/kv_cache.py). Models other than llama (the LSTM, the
-encoder-decoder) have no batched cache: their jobs run one at a time.
+encoder-decoder), and a backend whose cache lacks those three operations, run their jobs one
+at a time (``Generator.tokens_from_ids``).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class Engine:
         if max_batch < 1 or max_queue < 0:
             raise ValueError("max_batch must be at least 1 and max_queue not negative")
         self.gen = gen
-        self.batched = gen.cfg.arch == "llama"
+        self.batched = gen.cfg.arch == "llama" and _has_batch_ops(gen)
         self.max_batch = max_batch if self.batched else 1
         self.max_queue = max_queue
         self.waiting: deque[Job] = deque()
@@ -266,6 +267,19 @@ class Engine:
         for job in {id(j): j for j in [*self.running, *new]}.values():
             job.sink.end("error")
         self.running, self.cache = [], None
+
+
+BATCH_OPS = ("merge", "select", "compact")  # what a cache needs for rows to join and leave
+
+
+def _has_batch_ops(gen: Generator) -> bool:
+    """Whether the model's cache can take rows in and out of a running batch (a backend whose
+    cache cannot still serves, one request at a time)."""
+    try:
+        probe = gen.model.new_cache(1, 1)
+    except Exception:
+        return False
+    return all(callable(getattr(probe, op, None)) for op in BATCH_OPS)
 
 
 def _draw(seed: int | None, device: str) -> Any:
