@@ -401,6 +401,8 @@ class Gate:
         except Exception as e:
             if info["status"] is None:  # nothing sent yet: a clean error object
                 await _send_json(sending, e if isinstance(e, ApiError) else ApiError(500, "internal error"))
+            elif info["status"] != 500 and not isinstance(e, ApiError | OSError):
+                _log_crash(e)  # mid-response (a 500 was logged by _crash already)
         finally:
             self._log(scope, info, start)
 
@@ -414,7 +416,9 @@ class Gate:
                 message = "a valid API key is required (Authorization: Bearer KEY)"
                 return ApiError(401, message, code="invalid_api_key")
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.b.limits.max_body):
+        if length is not None and not length.isdigit():
+            return ApiError(400, "Content-Length must be a number")
+        if length is not None and int(length) > self.b.limits.max_body:
             return BodyTooLarge(self.b.limits.max_body)
         return None
 

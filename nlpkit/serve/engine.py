@@ -180,7 +180,8 @@ class Engine:
             job._draw = _draw(job.sampling.seed, self.gen.device)
         logits, cache = self.gen.prefill([j.ids for j in new], max(j.sampling.max_new_tokens for j in new))
         picked = self._sample(new, logits)
-        room = max(j.sampling.max_new_tokens for j in new)
+        # columns for the longest remaining answer, of the running rows and the newcomers alike
+        room = max(j.sampling.max_new_tokens - j.generated for j in [*self.running, *new])
         self.cache = cache.compact(room) if self.cache is None else self.cache.merge(cache, room)
         self.running.extend(new)
         self.peak = max(self.peak, len(self.running))
