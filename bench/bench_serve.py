@@ -194,6 +194,7 @@ def main() -> None:
         env,
     )
     sides = {"nlpkit": ours_url, "llama.cpp": ref_url}
+    (HERE / "results").mkdir(exist_ok=True)
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {(s, c): [] for s in sides for c in levels}
     try:
         for url in sides.values():  # warm-up: first-call costs stay out of the figures
@@ -204,9 +205,11 @@ def main() -> None:
                 for side in order:
                     r = cell(sides[side], name, c, args.per_client, args.new, count)
                     runs[(side, c)].append(r)
+                    cells = {f"{s} {n}": v for (s, n), v in runs.items()}
+                    (HERE / "results" / "serve-cells.json").write_text(json.dumps(cells) + "\n")  # if cut
                     print(
                         f"rep {rep} {side:9s} clients={c}: {r['tok_s']:.1f} tok/s, "
-                        f"ttft p50 {pct(r['ttft'], 0.5) * 1000:.0f} ms",
+                        f"ttft p50/p95 {pct(r['ttft'], 0.5) * 1000:.0f}/{pct(r['ttft'], 0.95) * 1000:.0f} ms",
                         file=sys.stderr,
                         flush=True,
                     )
