@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all check setup lint format test test-slow docs bench bench-chat clean
+.PHONY: all check setup lint format test test-slow docs bench bench-chat bench-serve clean
 
 all: check
 
@@ -13,7 +13,7 @@ check: lint test
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,torch,onnx]'
+	$(BIN)/python -m pip install -q -e '.[dev,torch,onnx,serve]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -52,6 +52,11 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_AVX_VN
 bench-chat: $(STAMP)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/python -m pip install -q -e '.[bench,llamacpp]'
 	$(BIN)/python bench/bench_chat.py
+
+# `nlpkit serve` against llama-cpp-python's OpenAI server on the same model (its GGUF).
+bench-serve: $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/python -m pip install -q -e '.[bench,llamacpp,serve]'
+	$(BIN)/python bench/bench_serve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -18,6 +18,7 @@ FAMILIES = (
     "tokens",
     "lm",
     "llm",
+    "serve",
     "attention",
     "quantize",
     "rag",

@@ -16,6 +16,8 @@ EXTRAS = {
     "faiss": ("faiss", "faiss-cpu"),
     "matplotlib": ("plot", None),
     "vaderSentiment": ("sentiment", "vadersentiment"),
+    "starlette": ("serve", None),
+    "uvicorn": ("serve", None),
 }
 
 

@@ -254,26 +254,16 @@ class Generator:
         """Text pieces of generated ``tokens`` (decoded after ``base_ids``, the prompt), ending
         before the first stop string; a piece that ends inside a multi-byte character, or could
         be the start of a stop string, is held back until it is complete."""
-        base_ids = base_ids[-16:]  # enough context for the first piece's spacing; O(new) per token
-        base = self.tok.decode(base_ids)
-        new: list[int] = []
-        done = 0  # characters of the completion already yielded
+        text = TextStream(self, base_ids, stops)
         for token in tokens:
-            new.append(token)
-            text = self._completion(base_ids, base, new)
-            if text.endswith("\ufffd"):  # inside a multi-byte character
-                continue
-            hit = min((i for i in (text.find(x) for x in stops) if i >= 0), default=-1)
-            if hit >= 0:
-                yield text[done:hit]
+            piece = text.push(token)
+            if piece:
+                yield piece
+            if text.stopped:
                 return
-            safe = len(text) - _held_back(text, stops)
-            if safe > done:
-                yield text[done:safe]
-                done = safe
-        text = self._completion(base_ids, base, new)
-        if len(text) > done:
-            yield text[done:]
+        piece = text.finish()
+        if piece:
+            yield piece
 
     def _completion(self, base_ids: list[int], base: str, new: list[int]) -> str:
         """Decode prompt + new tokens and drop the prompt's text (a piece decoded alone may lose
@@ -283,6 +273,47 @@ class Generator:
 
     def complete(self, prompt: str, s: Sampling) -> str:
         return "".join(self.stream(prompt, s))
+
+
+class TextStream:
+    """The push side of ``Generator.pieces``: feed tokens one at a time (a server's decode loop
+    hands them over as they come), get the text that became safe to show.
+
+        text = TextStream(gen, prompt_ids, ["User:"])
+        piece = text.push(token)   # "" while held back; check text.stopped after each push
+        rest = text.finish()       # what was held back, once generation has ended
+    """
+
+    def __init__(self, gen: Generator, base_ids: list[int], stops: list[str]):
+        base_ids = base_ids[-16:]  # enough context for the first piece's spacing; O(new) per token
+        self.gen, self.base_ids, self.stops = gen, base_ids, stops
+        self.base = gen.tok.decode(base_ids)
+        self.new: list[int] = []
+        self.done = 0  # characters of the completion already handed out
+        self.stopped = False  # a stop string appeared: the completion is over
+
+    def push(self, token: int) -> str:
+        self.new.append(token)
+        text = self.gen._completion(self.base_ids, self.base, self.new)
+        if text.endswith("\ufffd"):  # inside a multi-byte character
+            return ""
+        hit = min((i for i in (text.find(x) for x in self.stops) if i >= 0), default=-1)
+        if hit >= 0:
+            self.stopped = True
+            piece, self.done = text[self.done : hit], hit
+            return piece
+        safe = len(text) - _held_back(text, self.stops)
+        if safe <= self.done:
+            return ""
+        piece, self.done = text[self.done : safe], safe
+        return piece
+
+    def finish(self) -> str:
+        if self.stopped:
+            return ""
+        text = self.gen._completion(self.base_ids, self.base, self.new)
+        piece, self.done = text[self.done :], len(text)
+        return piece
 
 
 def _held_back(text: str, stops: list[str]) -> int:

@@ -56,6 +56,87 @@ class KVCache:
             layer.k, layer.v = layer.k.to(dtype), layer.v.to(dtype)
         return self
 
+    # ---- continuous batching (nlpkit.serve.engine): rows join and leave a running batch.
+    # Every row is right-aligned at ``pos`` (its real tokens end there, padding before them),
+    # so one step writes one column for all rows; ``valid`` masks the padding and ``next_pos``
+    # keeps each row's own rotary position. Each operation returns a new cache (or self) and
+    # leaves the one it was called on unusable.
+
+    @property
+    def rows(self) -> int:
+        return self.layers[0].k.size(0)
+
+    def lengths(self) -> torch.Tensor:
+        """(B,) real tokens of each row (padding excluded)."""
+        if self.next_pos is not None:
+            return self.next_pos.clone()
+        return torch.full((self.rows,), self.pos, dtype=torch.long, device=self.layers[0].k.device)
+
+    def select(self, rows: list[int]) -> KVCache:
+        """Keep only ``rows`` (in that order): drop the finished members of a batch."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.layers[0].k.device)
+        out = self._like(len(rows), self.max_len, self.pos)
+        for mine, theirs in zip(out.layers, self.layers, strict=True):
+            mine.k[:, :, : self.pos] = theirs.k[index, :, : self.pos]
+            mine.v[:, :, : self.pos] = theirs.v[index, :, : self.pos]
+        assert out.valid is not None
+        out.valid[:, : self.pos] = self._valid()[index, : self.pos]
+        out.next_pos = self.lengths()[index]
+        return out
+
+    def merge(self, other: KVCache, room: int = 0) -> KVCache:
+        """The rows of ``self`` then those of ``other`` (a fresh prefill), right-aligned at the
+        longer of the two ``pos`` (the shorter side is padded on the left), with ``room`` free
+        columns after ``pos`` for the coming steps. Both must hold the same dtype."""
+        pos = max(self.pos, other.pos)
+        out = self._like(self.rows + other.rows, pos + room, pos)
+        assert out.valid is not None
+        start = 0
+        for part in (self, other):
+            off, rows = pos - part.pos, slice(start, start + part.rows)
+            for mine, theirs in zip(out.layers, part.layers, strict=True):
+                mine.k[rows, :, off:pos] = theirs.k[:, :, : part.pos]
+                mine.v[rows, :, off:pos] = theirs.v[:, :, : part.pos]
+            out.valid[rows, :off] = False
+            out.valid[rows, off:pos] = part._valid()[:, : part.pos]
+            start += part.rows
+        out.next_pos = torch.cat([self.lengths(), other.lengths()])
+        return out
+
+    def compact(self, room: int) -> KVCache:
+        """Drop the leading columns that are padding in every row, and make sure ``room``
+        columns are free after ``pos``; returns ``self`` when nothing needs to move."""
+        valid = self._valid()[:, : self.pos]
+        used = valid.any(0).nonzero()
+        first = int(used[0]) if used.numel() else self.pos
+        if first == 0 and self.pos + room <= self.max_len:
+            return self
+        pos = self.pos - first
+        out = self._like(self.rows, pos + room, pos)
+        for mine, theirs in zip(out.layers, self.layers, strict=True):
+            mine.k[:, :, :pos] = theirs.k[:, :, first : self.pos]
+            mine.v[:, :, :pos] = theirs.v[:, :, first : self.pos]
+        assert out.valid is not None
+        out.valid[:, :pos] = valid[:, first:]
+        out.next_pos = self.lengths()
+        return out
+
+    def _valid(self) -> torch.Tensor:
+        if self.valid is not None:
+            return self.valid
+        return torch.ones(self.rows, self.max_len, dtype=torch.bool, device=self.layers[0].k.device)
+
+    def _like(self, B: int, max_len: int, pos: int) -> KVCache:
+        """An empty cache of B rows and ``max_len`` columns with this one's layout and dtype."""
+        k = self.layers[0].k
+        out = KVCache.__new__(KVCache)
+        out.max_len, out.pos = max_len, pos
+        n_kv, hs = k.size(1), k.size(3)
+        out.layers = [LayerCache(B, n_kv, max_len, hs, k.dtype, k.device) for _ in self.layers]
+        out.valid = torch.zeros(B, max_len, dtype=torch.bool, device=k.device)
+        out.next_pos = torch.zeros(B, dtype=torch.long, device=k.device)
+        return out
+
 
 def half_matrices(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """For decoding only: the matrices (linear layers, embeddings) in ``dtype``, the norms and
