@@ -19,8 +19,6 @@ FAMILIES = (
     "lm",
     "llm",
     "serve",
-    "attention",
-    "quantize",
     "rag",
     "models",
     "data",
