@@ -304,10 +304,25 @@ def test_16_concurrent_streams_join_the_batch_and_get_their_own_answers(
     assert backend.engine.idle
 
 
-def test_admitting_rows_into_a_running_batch_changes_nobodys_answer(model_dir: Path) -> None:
+@pytest.fixture(scope="module")
+def quantized_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("onnx_ir")
+    from nlpkit.quantize.quantize import quantize_model
+
+    out = tmp_path_factory.mktemp("serve-q") / "q8"
+    quantize_model(str(model_dir), out, bits=8, receipt_checks=False)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_admitting_rows_into_a_running_batch_changes_nobodys_answer(
+    model_dir: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     """The engine alone: rows of different lengths join at different steps (cache.merge) and
-    leave (cache.select, compact); each row's tokens equal its own greedy run."""
-    gen = Generator.load(model_dir, "cpu")
+    leave (cache.select, compact); each row's tokens equal its own greedy run. The same for a
+    quantized folder served by ONNX Runtime (its cache has the same three operations)."""
+    folder = model_dir if backend == "torch" else request.getfixturevalue("quantized_dir")
+    gen = Generator.load(folder, "cpu")
     rows = [gen.prompt_ids(p) for p in PROMPTS]
     want = [
         list(gen.tokens_from_ids(list(r), Sampling(max_new_tokens=6 + i, temperature=0)))
@@ -343,6 +358,7 @@ def test_admitting_rows_into_a_running_batch_changes_nobodys_answer(model_dir: P
             engine._turn([engine.waiting.popleft() for _ in range(min(free, len(engine.waiting)))])
     assert [s.tokens for s in sinks] == want
     assert all(s.reason in ("stop", "length") for s in sinks)
+    assert engine.batched and engine.peak > 1
 
 
 def test_a_client_leaving_mid_stream_frees_its_slot(
