@@ -13,7 +13,11 @@ process answers them all (greedy, ``-k`` sources, ``--max-new-tokens``). Per mod
 * ``evidence``: share of answers that name the question's evidence word (``getcwd``...);
 * ``decode_tok_s``: in process, greedy decode speed after the first question's RAG prompt
   (``--decode-tokens`` new tokens, the model's default dtype), and ``s_per_question``, the
-  process's wall time per question (load, prefill and decode included).
+  process's wall time per question (load, prefill and decode included);
+* ``trivia``: accepted-answer accuracy on --trivia questions of the trivia dataset's test split
+  (an even spread of the 837; ``nlpkit data pull trivia``): greedy, 16 new tokens, the model
+  told to give only the answer; right when any accepted answer appears in the reply
+  (case-insensitive). Generated in batches of 8.
 
 The index covers a subset of the library so that it builds in about two minutes on 2 cores: the
 answer files of the chosen questions plus every 10th file (distractors). Built once into
@@ -48,6 +52,7 @@ def main() -> None:
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--library", default=LIBRARY)
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--trivia", type=int, default=30, help="trivia test questions per model (0: none)")
     args = ap.parse_args()
     llms = args.llm or ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]
     rows = [json.loads(x) for x in (ROOT / "bench" / "data" / "rag_questions.jsonl").read_text().splitlines()]
@@ -57,11 +62,14 @@ def main() -> None:
     for llm in llms:
         results[llm] = ask_all(llm, index, questions, args)
         results[llm]["decode_tok_s"] = decode_speed(llm, index, questions[0]["question"], args)
+        if args.trivia:
+            results[llm]["trivia"], results[llm]["trivia_answers"] = trivia(llm, args.trivia)
         r = results[llm]
         print(
             f"{llm}: cites_source={r['cites_source']:.2f} cites_right_file={r['cites_right_file']:.2f} "
             f"retrieved_right_file={r['retrieved_right_file']:.2f} evidence={r['evidence']:.2f} "
-            f"decode_tok_s={r['decode_tok_s']:.1f} s_per_question={r['s_per_question']:.1f}",
+            f"decode_tok_s={r['decode_tok_s']:.1f} s_per_question={r['s_per_question']:.1f} "
+            f"trivia={r.get('trivia', float('nan')):.2f}",
             file=sys.stderr,
         )
     out = {"questions": len(questions), "k": args.k, "max_new_tokens": args.max_new_tokens,
@@ -73,7 +81,7 @@ def main() -> None:
         "rag_answers: "
         + " ".join(
             f"{llm}:cites={r['cites_source']:.2f},right_file={r['cites_right_file']:.2f},"
-            f"tok_s={r['decode_tok_s']:.1f}"
+            f"tok_s={r['decode_tok_s']:.1f},trivia={r.get('trivia', float('nan')):.2f}"
             for llm, r in results.items()
         )
         + f" questions={len(questions)}"
@@ -152,6 +160,36 @@ def decode_speed(llm: str, index: Path, question: str, args: argparse.Namespace)
         for _ in range(args.decode_tokens):
             token = int(chat.gen.step([token], cache)[0].argmax())
         return args.decode_tokens / (time.perf_counter() - t)
+
+
+TRIVIA_SYSTEM = "Answer the trivia question with the answer only: a few words, no explanation."
+
+
+def trivia(llm: str, n: int) -> tuple[float, list[dict[str, object]]]:
+    """Accepted-answer accuracy on an even spread of ``n`` trivia test questions."""
+    from nlpkit.data.datasets import read_dataset
+    from nlpkit.llm.chat import ChatModel
+    from nlpkit.llm.generate import Sampling
+    from nlpkit.text.chat_template import encode_chat
+
+    records = list(read_dataset("trivia", split="test"))
+    picked = records[:: max(1, len(records) // n)][:n]
+    chat = ChatModel.load(llm, "cpu")
+    s = Sampling(max_new_tokens=16, temperature=0)
+    out: list[dict[str, object]] = []
+    for i in range(0, len(picked), 8):
+        group = picked[i : i + 8]
+        messages = [
+            [{"role": "system", "content": TRIVIA_SYSTEM}, {"role": "user", "content": r["instruction"]}]
+            for r in group
+        ]
+        rows = [encode_chat(chat.gen.tok, chat.template, m) for m in messages]
+        for r, reply in zip(group, chat.replies(rows, [s] * len(rows)), strict=True):
+            right = any(str(a).lower() in reply.lower() for a in r["answers"])
+            out.append(
+                {"question": r["instruction"], "answers": r["answers"], "reply": reply, "right": right}
+            )
+    return sum(bool(o["right"]) for o in out) / len(out), out
 
 
 if __name__ == "__main__":

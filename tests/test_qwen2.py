@@ -274,3 +274,16 @@ def test_qwen_05b_tokenizes_and_answers_like_llama_cpp(monkeypatch: pytest.Monke
             sample.encode(), add_bos=False, special=False
         )
     assert bot.reply(msgs, Sampling(max_new_tokens=20, temperature=0)) == "The capital of France is Paris."
+
+
+def test_qwen2_quantizes_to_an_onnx_decoder_with_its_biases(tiny_qwen, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("onnxruntime")
+    from nlpkit.quantize import quantize as q
+
+    root, _, _ = tiny_qwen
+    q.quantize_model(str(root / "model"), tmp_path / "q8", bits=8, group_size=32, receipt_checks=False)
+    quant = Generator.load(tmp_path / "q8", "cpu")
+    exact = Generator.load(root / "model", "cpu", "float32")
+    with torch.inference_mode():
+        got, want = quant.prefill([IDS[0]], 1)[0], exact.prefill([IDS[0]], 1)[0]
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
