@@ -1,18 +1,22 @@
-"""SmolLM2-135M-Instruct: nlpkit against llama.cpp and a naive eager PyTorch loop, side by side.
+"""A chat model (SmolLM2-135M-Instruct by default; --model qwen2.5-coder-0.5b-instruct): nlpkit
+against llama.cpp and a naive eager PyTorch loop, side by side.
 
 Speed (same prompt, 2 threads each, greedy, runs alternated, median of --reps with min/max):
   * nlpkit            Generator: float32 prefill, float16 fused decoder (the default)
   * nlpkit-f32        Generator with --dtype float32
-  * naive-eager       transformers' LlamaForCausalLM, float32, its KV cache, one token per call
-  * llama.cpp         llama-cpp-python on the Q4_1 GGUF itself
+  * naive-eager       transformers' AutoModelForCausalLM, float32, its KV cache, one token per call
+                      (--no-naive leaves it out)
+  * llama.cpp         llama-cpp-python on the model's GGUF itself (Q4_1, Q4_K_M...)
 Prefill: tokens/s over the prompt; decode: tokens/s over --new tokens (end token ignored).
 
 Parity (greedy, 7 chat prompts, --parity-tokens new tokens each): nlpkit against llama.cpp on the
-Q4_1 file, and on an F32 GGUF holding the same dequantized weights (written once into
-bench/.cache), with the largest difference between the top-5 first-token logits.
+GGUF file, and (unless --no-f32) on an F32 GGUF holding the same dequantized weights (written
+once into bench/.cache), with the largest difference between the top-5 first-token logits.
 
     python bench/bench_chat.py                 # needs the bench extra and a pulled model
-Last line: ``chat: key=value ...``; results in bench/results/chat.json.
+    python bench/bench_chat.py --model qwen2.5-coder-0.5b-instruct --no-f32 --no-naive --reps 1 --new 32
+Last line: ``chat: key=value ...``; results in bench/results/chat.json (chat-MODEL.json for
+another model).
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--parity-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="a named chat model")
+    ap.add_argument("--no-f32", dest="f32", action="store_false", help="skip the F32 GGUF parity")
+    ap.add_argument("--no-naive", dest="naive", action="store_false", help="skip transformers' loop")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from nlpkit.llm.chat import ChatModel
@@ -64,8 +71,9 @@ def main() -> None:
     from nlpkit.store.assets import asset_dir
     from nlpkit.store.resolve import resolve_model
 
-    gguf_path = next(asset_dir("smollm2-135m-instruct").glob("*.gguf"))
-    folder = resolve_model("smollm2-135m-instruct")
+    gguf_path = next(asset_dir(args.model).glob("*.gguf"))
+    quant = gguf_path.stem.rsplit(".", 1)[-1]  # SmolLM2-135M-Instruct.Q4_1 -> Q4_1
+    folder = resolve_model(args.model)
     fast = ChatModel.load(str(folder), "cpu")
     exact = ChatModel(Generator.load(folder, "cpu", "float32"), fast.template)
     prompt = fast.prompt_ids([{"role": "user", "content": LONG}])
@@ -74,13 +82,14 @@ def main() -> None:
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(gguf_path), n_ctx=2048, n_threads=args.threads, n_batch=512, verbose=False)
-    hf = _hf_model(folder)
     runners = {
         "nlpkit": lambda: _nlpkit(fast.gen, prompt, args.new),
         "nlpkit-f32": lambda: _nlpkit(exact.gen, prompt, args.new),
-        "naive-eager": lambda: _naive(hf, prompt, args.new),
         "llama.cpp": lambda: _llama(llm, prompt, args.new),
     }
+    if args.naive:
+        hf = _hf_model(folder)
+        runners["naive-eager"] = lambda: _naive(hf, prompt, args.new)
     speed: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in runners}
     for run in runners.values():
         run()  # warm-up: page in weights, build caches
@@ -92,14 +101,15 @@ def main() -> None:
             print(f"rep {rep} {name}: prefill {p:.0f} tok/s, decode {d:.1f} tok/s", file=sys.stderr)
     runners.clear()  # frees llama.cpp's context before the parity runs load their own
 
-    parity = {
-        "llama.cpp Q4_1": _parity(fast, str(gguf_path), args),
-        "llama.cpp F32 (same weights)": _parity(fast, str(_f32_gguf(gguf_path)), args),
-        "llama.cpp F32, nlpkit --dtype float32": _parity(exact, str(_f32_gguf(gguf_path)), args),
-    }
+    parity = {f"llama.cpp {quant}": _parity(fast, str(gguf_path), args)}
+    if args.f32:
+        f32 = str(_f32_gguf(gguf_path, args.model))
+        parity["llama.cpp F32 (same weights)"] = _parity(fast, f32, args)
+        parity["llama.cpp F32, nlpkit --dtype float32"] = _parity(exact, f32, args)
     summary = {k: {m: _stats(v) for m, v in s.items()} for k, s in speed.items()}
-    base = summary["naive-eager"]
+    base = summary.get("naive-eager", summary["nlpkit"])  # without --naive: ratios of 1
     result = {
+        "model": args.model,
         "prompt_tokens": len(prompt),
         "new_tokens": args.new,
         "threads": args.threads,
@@ -115,7 +125,8 @@ def main() -> None:
         "torch": torch.__version__,
     }
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "chat.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = "chat.json" if args.model == "smollm2-135m-instruct" else f"chat-{args.model}.json"
+    (HERE / "results" / name).write_text(json.dumps(result, indent=2) + "\n")
     for name, s in summary.items():
         print(
             f"{name:12s} prefill {s['prefill']['median']:7.0f} tok/s"
@@ -125,14 +136,20 @@ def main() -> None:
     for name, p in parity.items():
         print(
             f"parity vs {name}: {p['greedy_equal']}/{p['prompts']} greedy equal,"
+            f" {p['agreed_tokens']}/{p['compared_tokens']} tokens before the first difference,"
             f" top-5 max diff {p['top5_max_diff']:.3f}"
         )
+    f32_part = (
+        f"parity_f32={parity['llama.cpp F32 (same weights)']['greedy_equal']}/{len(QUESTIONS)} "
+        if args.f32
+        else ""
+    )
     print(
-        f"chat: decode_vs_naive={result['decode_vs_naive']:.2f} "
+        f"chat: model={args.model} decode_vs_naive={result['decode_vs_naive']:.2f} "
         f"prefill_vs_naive={result['prefill_vs_naive']:.2f} "
         f"decode_vs_llama_cpp={result['decode_vs_llama_cpp']:.2f} "
-        f"parity_f32={parity['llama.cpp F32 (same weights)']['greedy_equal']}/{len(QUESTIONS)} "
-        f"parity_q4_1={parity['llama.cpp Q4_1']['greedy_equal']}/{len(QUESTIONS)}"
+        + f32_part
+        + f"parity_{quant.lower()}={parity[f'llama.cpp {quant}']['greedy_equal']}/{len(QUESTIONS)}"
     )
 
 
@@ -154,9 +171,9 @@ def _nlpkit(gen, prompt: list[int], new: int) -> tuple[float, float]:  # type: i
 
 
 def _hf_model(folder: Path):  # type: ignore[no-untyped-def]
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    return LlamaForCausalLM.from_pretrained(str(folder), torch_dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(str(folder), torch_dtype=torch.float32).eval()
 
 
 def _naive(hf, prompt: list[int], new: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
@@ -193,19 +210,19 @@ def _llama(llm, prompt: list[int], new: int) -> tuple[float, float]:  # type: ig
     return len(prompt) / (t1 - t0), new / (t2 - t1)
 
 
-def _f32_gguf(src: Path) -> Path:
-    """The Q4_1 file with every tensor dequantized to F32 (metadata unchanged): llama.cpp then
+def _f32_gguf(src: Path, model: str) -> Path:
+    """The GGUF file with every tensor dequantized to F32 (metadata unchanged): llama.cpp then
     computes in float32 too, which separates our arithmetic from its 8-bit activations."""
     import gguf
 
-    out = HERE / ".cache" / "smollm2-f32.gguf"
+    out = HERE / ".cache" / ("smollm2-f32.gguf" if model == "smollm2-135m-instruct" else f"{model}-f32.gguf")
     if out.is_file():
         return out
     out.parent.mkdir(exist_ok=True)
     from nlpkit.io.gguf import read_gguf
 
     reader, ours = gguf.GGUFReader(str(src)), read_gguf(src)
-    w = gguf.GGUFWriter(str(out) + ".tmp", "llama")
+    w = gguf.GGUFWriter(str(out) + ".tmp", str(ours.metadata["general.architecture"]))
     for f in reader.fields.values():
         if f.name.startswith("GGUF.") or f.name == "general.architecture":
             continue
@@ -235,7 +252,7 @@ def _parity(bot, gguf_file: str, args: argparse.Namespace) -> dict[str, object]:
     from nlpkit.llm.generate import Sampling
 
     llm = Llama(model_path=gguf_file, n_ctx=2048, n_threads=args.threads, verbose=False, logits_all=True)
-    equal, worst, rows, refs = 0, 0.0, [], []
+    equal, worst, rows, refs, agreed, compared = 0, 0.0, [], [], 0, 0
     for q in QUESTIONS:
         ids = bot.prompt_ids([{"role": "user", "content": q}])
         ref_ids = llm.tokenize(
@@ -258,15 +275,22 @@ def _parity(bot, gguf_file: str, args: argparse.Namespace) -> dict[str, object]:
         first_diff = next((i for i, (a, b) in enumerate(zip(ours, ref, strict=False)) if a != b), None)
         equal += same
         worst = max(worst, diff)
+        agreed += (
+            first_diff if first_diff is not None else min(len(ours), len(ref))
+        )  # before the first difference
+        compared += max(len(ours), len(ref))
         rows.append({"question": q, "same_ids_as_llama_cpp_tokenizer": ids == ref_ids, "greedy_equal": same,
                      "first_difference_at": first_diff, "top5_max_diff": diff})  # fmt: skip
         refs.append({"question": q, "prompt_ids": ids, "top5": top.tolist(),
                      "top5_logits": first[top].tolist(), "greedy": ref})  # fmt: skip
     del llm
-    if "Q4_1" in Path(gguf_file).name:  # llama.cpp's answers, for bench/llamacpp_emu/run_parity.py
+    if (
+        Path(gguf_file).name.startswith("SmolLM2") and "Q4_1" in Path(gguf_file).name
+    ):  # llama.cpp's answers, for bench/llamacpp_emu/run_parity.py
         (HERE / ".cache").mkdir(exist_ok=True)
         (HERE / ".cache" / "llama_ref.json").write_text(json.dumps(refs))
-    return {"prompts": len(QUESTIONS), "greedy_equal": equal, "top5_max_diff": worst, "rows": rows}
+    return {"prompts": len(QUESTIONS), "greedy_equal": equal, "top5_max_diff": worst, "rows": rows,
+            "agreed_tokens": agreed, "compared_tokens": compared}  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -121,8 +121,13 @@ def test_bad_wheel_and_unknown_name(tmp_path, runner) -> None:
 def test_list_shows_every_asset(runner) -> None:
     r = runner.invoke(app, ["models", "list", "-f", "jsonl"])
     rows = [json.loads(x) for x in r.stdout.splitlines()]
-    assert [x["name"] for x in rows] == ["glove-6b-50d", "smollm2-135m-instruct", "minilm-l6-v2"]
+    assert [x["name"] for x in rows] == [
+        "glove-6b-50d", "smollm2-135m-instruct", "minilm-l6-v2",
+        "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct",
+    ]  # fmt: skip
     assert not any(x["pulled"] for x in rows)
+    text = runner.invoke(app, ["models", "list", "-f", "text"]).stdout
+    assert "none declared by the anonymous publisher" in text
 
 
 @pytest.mark.slow

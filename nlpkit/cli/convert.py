@@ -23,11 +23,11 @@ def export_cmd(
     ] = "",
     quiet: Quiet = False,
 ) -> None:
-    """Write a llama model as a folder Hugging Face transformers loads directly.
+    """Write a llama or qwen2 model as a folder Hugging Face transformers loads directly.
 
     config.json, model.safetensors, tokenizer.json, tokenizer_config.json (with the chat
-    template) and generation_config.json: LlamaForCausalLM.from_pretrained(DIR) and
-    AutoTokenizer.from_pretrained(DIR) read it offline.
+    template) and generation_config.json: AutoModelForCausalLM.from_pretrained(DIR)
+    (LlamaForCausalLM or Qwen2ForCausalLM) and AutoTokenizer.from_pretrained(DIR) read it offline.
 
     Example: nlpkit export smollm2-135m-instruct --to hf smollm2-hf
     """
@@ -40,7 +40,10 @@ def export_cmd(
     if not output:
         raise UsageError("give the folder to write", hint="nlpkit export MODEL --to hf DIR")
     dest = export_hf(model, output)
-    say(f"wrote {dest} (transformers: LlamaForCausalLM.from_pretrained({str(dest)!r}))")
+    import json
+
+    arch = json.loads((dest / "config.json").read_text(encoding="utf-8")).get("architectures", ["?"])[0]
+    say(f"wrote {dest} (transformers: {arch}.from_pretrained({str(dest)!r}))")
 
 
 @app.command("convert", rich_help_panel="Word vectors")

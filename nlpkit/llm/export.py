@@ -12,7 +12,8 @@ from nlpkit.store.resolve import resolve_model
 
 
 def export_hf(model: str, out: str | os.PathLike[str]) -> Path:
-    """Write ``out/`` for transformers: config.json without nlpkit's extras, model.safetensors
+    """Write ``out/`` for transformers (LlamaForCausalLM, or Qwen2ForCausalLM for a qwen2 model):
+    config.json without nlpkit's extras, model.safetensors
     with an explicit ``lm_head.weight`` left out when tied (as transformers saves it), the
     tokenizer files and the generation config."""
     import shutil
@@ -23,9 +24,9 @@ def export_hf(model: str, out: str | os.PathLike[str]) -> Path:
     if not (src / "config.json").is_file():
         raise UsageError(f"{model} is not a language model (no config.json)", where=str(src))
     cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
-    if cfg.get("model_type") != "llama":
+    if cfg.get("model_type") not in ("llama", "qwen2"):
         raise UsageError(
-            f"only llama models export to Hugging Face format (this is {cfg.get('model_type')!r})",
+            f"only llama and qwen2 models export to Hugging Face format (this is {cfg.get('model_type')!r})",
             where=str(src),
         )
     dest = Path(out)

@@ -43,6 +43,7 @@ class ModelConfig:
     eos_id: int | None = None
     pad_id: int | None = None
     cell: str = "lstm"  # the recurrent cell of arch "lstm": lstm, gru or rnn (a plain tanh RNN)
+    qkv_bias: bool = False  # biases on the q/k/v projections: Qwen2 (config.json model_type "qwen2")
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -87,7 +88,10 @@ class ModelConfig:
         """config.json: Hugging Face's keys (LlamaConfig for llama), nlpkit's extras under "nlpkit"."""
         d: dict[str, Any] = {"model_type": MODEL_TYPES[self.arch]}
         d |= {hf: getattr(self, ours) for ours, hf in _HF_KEYS.items()}
-        if self.arch == "llama":
+        if self.arch == "llama" and self.qkv_bias:  # transformers' Qwen2: biases on q, k and v only
+            d |= {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_act": "silu",
+                  "use_sliding_window": False, "attention_dropout": 0.0}  # fmt: skip
+        elif self.arch == "llama":
             d |= {"architectures": ["LlamaForCausalLM"], "hidden_act": "silu", "attention_bias": False,
                   "mlp_bias": False, "attention_dropout": 0.0}  # fmt: skip
         else:  # no attention heads in an LSTM, no rotary embeddings or RMSNorm in either
@@ -111,21 +115,32 @@ class ModelConfig:
     def from_hf(cls, d: dict[str, Any], where: str = "config.json") -> ModelConfig:
         """Read a config.json written by nlpkit or by transformers (a Llama checkpoint)."""
         extra = d.get("nlpkit") or {}
-        arch = extra.get("arch") or {v: k for k, v in MODEL_TYPES.items()}.get(d.get("model_type", ""))
+        qwen2 = d.get("model_type") == "qwen2"
+        arch = extra.get("arch") or ("llama" if qwen2 else None)
+        arch = arch or {v: k for k, v in MODEL_TYPES.items()}.get(d.get("model_type", ""))
         if arch is None:
             raise DataError(f"unsupported model_type {d.get('model_type')!r}", where=where,
-                            hint="nlpkit reads llama, nlpkit-lstm and nlpkit-seq2seq models")  # fmt: skip
+                            hint="nlpkit reads llama, qwen2, nlpkit-lstm, nlpkit-seq2seq models")  # fmt: skip
         kw: dict[str, Any] = {ours: d[hf] for ours, hf in _HF_KEYS.items() if d.get(hf) is not None}
         if "rope_theta" not in kw and isinstance(d.get("rope_parameters"), dict):  # transformers >= 5
             kw["rope_theta"] = d["rope_parameters"].get("rope_theta", 10000.0)
         kw["intermediate_size"] = d.get("intermediate_size")
         kw["n_kv_head"], kw["head_dim"] = d.get("num_key_value_heads"), d.get("head_dim")
         plain = not (d.get("rope_scaling") or d.get("attention_bias") or d.get("mlp_bias"))
+        plain = plain and not d.get("use_sliding_window")  # qwen2: biases on q/k/v are its own
         if arch == "llama" and (d.get("hidden_act", "silu") != "silu" or not plain):
-            raise DataError("only plain Llama models (silu, no rope scaling, no biases) load", where=where)
+            raise DataError(
+                "only plain Llama and Qwen2 models (silu, no rope scaling, no sliding window, no other "
+                "biases) load",
+                where=where,
+            )
         try:
             return cls(
-                arch=arch, dropout=float(extra.get("dropout", 0.0)), cell=str(extra.get("cell", "lstm")), **kw
+                arch=arch,
+                dropout=float(extra.get("dropout", 0.0)),
+                cell=str(extra.get("cell", "lstm")),
+                qkv_bias=qwen2,
+                **kw,
             )
         except (UsageError, TypeError) as e:
             raise DataError(f"invalid model config ({e})", where=where) from None

@@ -163,6 +163,9 @@ def fuse_projections(model: nn.Module) -> nn.Module:
             mod.q_proj.weight, mod.k_proj.weight, mod.v_proj.weight = (
                 nn.Parameter(t, False) for t in (q, k, v)
             )
+            if mod.q_proj.bias is not None:  # Qwen2
+                assert mod.k_proj.bias is not None and mod.v_proj.bias is not None
+                mod.qkv_bias = torch.cat([mod.q_proj.bias, mod.k_proj.bias, mod.v_proj.bias]).detach()
         elif isinstance(mod, SwiGLU) and mod.gate_up is None:
             gate_up = torch.cat([mod.gate_proj.weight, mod.up_proj.weight]).detach()
             mod.gate_up = gate_up

@@ -108,11 +108,13 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.n_kv, self.hs, self.dropout = cfg.n_head, cfg.kv_heads, cfg.hs, cfg.dropout
-        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * cfg.hs, bias=False)
-        self.k_proj = nn.Linear(cfg.n_embd, cfg.kv_heads * cfg.hs, bias=False)
-        self.v_proj = nn.Linear(cfg.n_embd, cfg.kv_heads * cfg.hs, bias=False)
+        bias = cfg.qkv_bias  # Qwen2
+        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * cfg.hs, bias=bias)
+        self.k_proj = nn.Linear(cfg.n_embd, cfg.kv_heads * cfg.hs, bias=bias)
+        self.v_proj = nn.Linear(cfg.n_embd, cfg.kv_heads * cfg.hs, bias=bias)
         self.o_proj = nn.Linear(cfg.n_head * cfg.hs, cfg.n_embd, bias=False)
         self.qkv: torch.Tensor | None = None  # see fuse_projections()
+        self.qkv_bias: torch.Tensor | None = None
         self.splits = [cfg.n_head * cfg.hs, cfg.kv_heads * cfg.hs, cfg.kv_heads * cfg.hs]
 
     def forward(
@@ -128,7 +130,7 @@ class Attention(nn.Module):
         B, T, _ = x.size()
         src = x if memory is None else memory
         if self.qkv is not None and memory is None:  # fused for inference: one matrix-vector product
-            q, k, v = F.linear(x.to(self.qkv.dtype), self.qkv).split(self.splits, -1)
+            q, k, v = F.linear(x.to(self.qkv.dtype), self.qkv, self.qkv_bias).split(self.splits, -1)
             q, k = q.view(B, T, self.n_head, self.hs), k.view(B, T, self.n_kv, self.hs)
             v = v.view(B, T, self.n_kv, self.hs).transpose(1, 2)
         else:

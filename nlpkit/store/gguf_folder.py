@@ -36,6 +36,9 @@ _BLOCK_NAMES = {
     "attn_k.weight": "self_attn.k_proj.weight",
     "attn_v.weight": "self_attn.v_proj.weight",
     "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",  # qwen2
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
@@ -75,20 +78,26 @@ def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+ARCHITECTURES = ("llama", "qwen2")  # GGUF general.architecture values nlpkit converts
+
+
 def config_from_gguf(meta: Any, path: str) -> dict[str, Any]:
-    """config.json (Hugging Face's LlamaConfig keys) from ``llama.*`` GGUF metadata."""
+    """config.json (Hugging Face's LlamaConfig or Qwen2Config keys) from ``llama.*`` or
+    ``qwen2.*`` GGUF metadata."""
     arch = meta.get("general.architecture")
-    if arch != "llama":
+    if arch not in ARCHITECTURES:
         raise DataError(
-            f"GGUF architecture {arch!r} is not supported", where=path, hint="nlpkit converts llama models"
+            f"GGUF architecture {arch!r} is not supported",
+            where=path,
+            hint="nlpkit converts llama and qwen2 models",
         )
 
     def num(key: str, kind: type, default: Any = None) -> Any:
-        value = meta.get(f"llama.{key}", default)
+        value = meta.get(f"{arch}.{key}", default)
         if value is None:
-            raise DataError(f"GGUF metadata lacks llama.{key}", where=path)
+            raise DataError(f"GGUF metadata lacks {arch}.{key}", where=path)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise DataError(f"llama.{key} must be a number, not {type(value).__name__}", where=path)
+            raise DataError(f"{arch}.{key} must be a number, not {type(value).__name__}", where=path)
         return kind(value)
 
     n_head = num("attention.head_count", int)
@@ -96,7 +105,7 @@ def config_from_gguf(meta: Any, path: str) -> dict[str, Any]:
     tokens = meta.get("tokenizer.ggml.tokens")
     vocab = num("vocab_size", int, len(tokens) if tokens is not None else None)
     rope_dim = num("rope.dimension_count", int, hidden // max(n_head, 1))
-    if meta.get("llama.rope.scaling.type") not in (None, "none"):
+    if meta.get(f"{arch}.rope.scaling.type") not in (None, "none"):
         raise DataError("GGUF models with RoPE scaling are not supported", where=path)
     cfg = {
         "model_type": "llama",
@@ -118,6 +127,10 @@ def config_from_gguf(meta: Any, path: str) -> dict[str, Any]:
         "tie_word_embeddings": True,  # set from the tensors below
         "torch_dtype": "float32",
     }
+    if arch == "qwen2":  # transformers' Qwen2Config: biases on q/k/v, no sliding window used
+        for key in ("attention_bias", "mlp_bias"):
+            del cfg[key]
+        cfg |= {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "use_sliding_window": False}
     for ours, key in (("bos_token_id", "bos"), ("eos_token_id", "eos"), ("pad_token_id", "padding")):
         value = meta.get(f"tokenizer.ggml.{key}_token_id")
         if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < vocab:
@@ -139,6 +152,8 @@ def gguf_to_folder(path: str | os.PathLike[str], folder: str | os.PathLike[str])
     gg = read_gguf(name)
     cfg = config_from_gguf(gg.metadata, name)
     heads = {"q_proj": cfg["num_attention_heads"], "k_proj": cfg["num_key_value_heads"]}
+    if cfg["model_type"] == "qwen2":  # llama.cpp keeps qwen2's rows as they are (NeoX-style RoPE)
+        heads = {}
     state: dict[str, np.ndarray] = {}
     skipped = []
     with Progress("dequantizing", total=len(gg.tensors), unit=" tensors") as progress:
@@ -184,6 +199,9 @@ def _check_shapes(state: dict[str, Any], cfg: dict[str, Any], path: str) -> None
             p + "mlp.gate_proj.weight": (F, C), p + "mlp.up_proj.weight": (F, C),
             p + "mlp.down_proj.weight": (C, F),
         }  # fmt: skip
+        if cfg["model_type"] == "qwen2":
+            want |= {p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
+                     p + "self_attn.v_proj.bias": (kv,)}  # fmt: skip
     missing = sorted(set(want) - set(state))
     if missing:
         raise DataError(f"GGUF lacks {len(missing)} tensors the config needs, e.g. {missing[0]}", where=path)
