@@ -11,7 +11,8 @@ import importlib
 
 from nlpkit.cli.app import app
 
-FAMILIES = ("vectors", "convert", "word2vec", "tokens", "lm", "llm", "quantize", "rag", "models", "data")
+FAMILIES = ("vectors", "convert", "word2vec", "tokens", "lm", "llm", "quantize", "lora", "rag", "models",
+            "data")  # fmt: skip
 
 for _family in FAMILIES:
     importlib.import_module(f"nlpkit.cli.{_family}")
