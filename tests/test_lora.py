@@ -328,3 +328,32 @@ def test_qlora_trains_with_an_nf4_base_and_its_adapter_loads_over_the_float_base
     load_adapter(model, out)  # the fingerprint is the float base's
     ckpt = torch.load(out / "checkpoints" / "step-00000004.pt", weights_only=True)
     assert all(".lora_" in k for k in ckpt["model"])
+
+
+def test_the_frozen_head_loss_equals_logits_then_cross_entropy(base: Path) -> None:
+    model, _ = load_model(base / "model")
+    apply_lora(model, LoraConfig(dropout=0.0, targets=("all-linear",)))
+    with torch.no_grad():
+        for p in trainable_params(model).values():
+            p.normal_(0, 0.1)
+    model.train()
+    torch.manual_seed(0)
+    x = torch.randint(0, 400, (3, 12))
+    y = x.roll(-1, 1).masked_fill(torch.rand(3, 12) < 0.4, IGNORE)
+    logits, fused = model(x, y)
+    assert logits.numel() == 0  # never materialised
+    fused.backward()
+    got = {n: p.grad.clone() for n, p in trainable_params(model).items()}
+    model.zero_grad()
+    want = lm_loss(model(x)[0], y)
+    want.backward()
+    assert torch.allclose(fused, want, atol=1e-5)
+    assert all(torch.allclose(got[n], p.grad, atol=1e-6) for n, p in trainable_params(model).items())
+
+
+def test_the_swiglu_backward_is_the_derivative() -> None:
+    from nlpkit.lm.layers import _SwiGLUFn
+
+    gate = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_SwiGLUFn.apply, (gate, up))
