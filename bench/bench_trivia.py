@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's nlpkit, not an installed one
 MODEL = "smollm2-135m-instruct"
 ENV = {
     **os.environ,

@@ -246,6 +246,16 @@ def test_cli_train_refusals(runner: Any, base: Path, adapter: Path, tmp_path: Pa
     assert bad.exit_code == 2 and "unknown target module 'wq'" in bad.stderr
     again = runner.invoke(app, ["lora", "train", model, data, "-o", str(adapter), "--max-steps", "1"])
     assert again.exit_code == 2 and "already holds an adapter" in again.stderr
+    piped = runner.invoke(app, ["lora", "train", model, "-o", str(tmp_path / "p"), "--max-steps", "2", "--device", "cpu"],
+                          input=(base / "qa.jsonl").read_text())  # fmt: skip
+    assert piped.exit_code == 0 and json.loads(piped.stdout)["step"] == 2, piped.output
+    assert "loss on response tokens only (prompt tokens masked)" in piped.stderr
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text('{"text": "ok"}\n{"label": 1}\n')
+    bad_data = runner.invoke(
+        app, ["lora", "train", model, str(wrong), "-o", str(tmp_path / "w"), "--max-steps", "1"]
+    )
+    assert bad_data.exit_code == 65 and f"{wrong}:2: a labelled record: fine-tuning takes" in bad_data.stderr
 
 
 def test_sigterm_checkpoints_then_resume_continues_the_same_loss_curve(base: Path, tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ def read_examples(
             raise DataError(
                 f"{got}: fine-tuning takes instruction, messages or completion (text) records",
                 where=where,
-                hint="convert it with `nlpkit data convert`",
+                hint="see `nlpkit data inspect FILE` (--to SHAPE rewrites a file)",
             )
         bad = problems(record, shape)
         if bad:
