@@ -315,6 +315,23 @@ def test_nf4_round_trip_matches_the_reference_codebook() -> None:
     assert quantize_nf4(w).nbytes() / (w.numel() * 4) < 0.14
 
 
+def test_nf4_is_byte_for_byte_bitsandbytes_format() -> None:
+    bnb = pytest.importorskip("bitsandbytes.functional")
+    from nlpkit.tune.nf4 import DYNAMIC_CODE, dequantize_nf4, quantize_nf4
+
+    torch.manual_seed(0)
+    w = torch.randn(128, 256) * 0.02
+    packed, state = bnb.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
+    q = quantize_nf4(w)
+    assert torch.equal(packed.view(-1).view(torch.uint8), q.packed)
+    assert torch.equal(state.absmax.view(torch.uint8), q.scale_codes)  # double-quantized scales
+    assert float(state.offset) == pytest.approx(q.scale_offset, abs=1e-7)
+    assert torch.allclose(state.state2.absmax, q.scale_absmax) and torch.allclose(
+        state.state2.code, DYNAMIC_CODE
+    )
+    assert torch.equal(bnb.dequantize_4bit(packed, state), dequantize_nf4(q))
+
+
 def test_qlora_trains_with_an_nf4_base_and_its_adapter_loads_over_the_float_base(
     base: Path, tmp_path: Path
 ) -> None:
