@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "nlpkit"
 # each room may import the rooms before it; the same position means independent siblings
-LAYERS = ["errors", "io", "store", "text", "vectors", "embed", "lm", "llm", "rag", "quantize", "tune", "data",
+LAYERS = ["errors", "io", "store", "text", "vectors", "embed", "lm", "llm", "rag", "quantize", "data", "tune",
           "serve", "cli"]  # fmt: skip
 TOP_FREE = {"nlpkit", "nlpkit.__main__"}  # the package itself and `python -m nlpkit`
 

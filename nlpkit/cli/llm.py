@@ -8,6 +8,7 @@ import typer
 
 from nlpkit.cli.app import app
 from nlpkit.cli.options import (
+    Adapter,
     Device,
     DType,
     GenBatch,
@@ -52,6 +53,7 @@ def chat_cmd(
     batch_size: GenBatch = 1,
     device: Device = "auto",
     dtype: DType = "auto",
+    adapter: Adapter = None,
     input_format: InputFormat = "auto",
     output: Output = "-",
     quiet: Quiet = False,
@@ -75,7 +77,7 @@ def chat_cmd(
     set_quiet(quiet)
     s = Sampling(max_new_tokens, temperature, top_k, top_p, list(stop or []), seed)
     interactive = not inputs and sys.stdin.isatty() and output == "-"
-    bot = ChatModel.load(model, device, dtype)
+    bot = ChatModel.load(model, device, dtype, adapter)
     if interactive:
         _interactive(bot, s, system)
         return
@@ -174,6 +176,7 @@ def generate_cmd(
     field: Annotated[str | None, typer.Option("--field", help="Record field holding the prompt.")] = None,
     device: Device = "auto",
     dtype: DType = "auto",
+    adapter: Adapter = None,
     input_format: InputFormat = "auto",
     fmt: OutputFormat = "auto",
     output: Output = "-",
@@ -199,7 +202,7 @@ def generate_cmd(
     s = Sampling(max_new_tokens, temperature, top_k, top_p, list(stop or []), seed)
     if system is not None and not chat:
         raise UsageError("--system needs --chat")
-    completer = Completer.load(model, device, dtype, chat, system)
+    completer = Completer.load(model, device, dtype, chat, system, adapter)
     field = field or completer.default_field
     if prompts:
         records: Any = ((f"<argument {i + 1}>", {field: p}) for i, p in enumerate(prompts))

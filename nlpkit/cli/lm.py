@@ -8,6 +8,7 @@ import typer
 
 from nlpkit.cli.app import app
 from nlpkit.cli.options import (
+    Adapter,
     Device,
     Field,
     InputFormat,
@@ -298,6 +299,7 @@ def eval_cmd(
     field: Field = "text",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per batch.")] = 32,
     device: Device = "auto",
+    adapter: Adapter = None,
     input_format: InputFormat = "auto",
     quiet: Quiet = False,
 ) -> None:
@@ -319,13 +321,26 @@ def eval_cmd(
     set_quiet(quiet)
     files = [*(paths or []), *(inputs or [])] or ["-"]
     if is_onnx_folder(resolve_model(model)):  # quantized: ONNX Runtime scores it
+        if adapter:
+            raise UsageError(
+                "--adapter needs a PyTorch model folder, not a quantized (ONNX) one",
+                hint="merge it first (`nlpkit lora merge`), then quantize the merged model",
+            )
         from nlpkit.llm.onnx_decoder import eval_onnx_model
 
         print(json.dumps(eval_onnx_model(model, files, field=field, fmt=input_format, device=device)))
         return
     print(
         json.dumps(
-            eval_model(model, files, field=field, fmt=input_format, batch_size=batch_size, device=device)
+            eval_model(
+                model,
+                files,
+                field=field,
+                fmt=input_format,
+                batch_size=batch_size,
+                device=device,
+                adapter=adapter,
+            )
         )
     )
 

@@ -18,6 +18,7 @@ FAMILIES = (
     "tokens",
     "lm",
     "llm",
+    "lora",
     "serve",
     "rag",
     "models",

@@ -87,6 +87,14 @@ DType = Annotated[
         "float16 or bfloat16. The prompt always runs in float32.",
     ),
 ]
+Adapter = Annotated[
+    str | None,
+    typer.Option(
+        "--adapter",
+        help="A LoRA adapter folder (from nlpkit lora train, or PEFT), merged into the model.",
+        show_default=False,
+    ),
+]
 ModelSpec = Annotated[
     str,
     typer.Argument(

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from nlpkit.cli.app import app
-from nlpkit.cli.options import Device, InputFormat, OutputFormat, Quiet, TopK, Wait
+from nlpkit.cli.options import Adapter, Device, InputFormat, OutputFormat, Quiet, TopK, Wait
 
 ModelOpt = Annotated[
     str | None,
@@ -203,6 +203,7 @@ def rag_ask_cmd(
             "--llm", "--model-llm", help="Chat model: a named asset or a model folder.", envvar="NLPKIT_LLM"
         ),
     ] = "smollm2-135m-instruct",
+    adapter: Adapter = None,
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", min=1, help="Longest answer in tokens.")
     ] = 256,
@@ -256,7 +257,7 @@ def rag_ask_cmd(
                 "no question", hint=f'ask one: nlpkit rag-ask {index} "How do I ...?" (or pipe questions in)'
             )
         records = with_progress(read_records(["-"], field=field, fmt=input_format), "asking", output=output)
-    answerer = None if retrieve_only else _Answerer(llm, device, max_new_tokens, temperature)
+    answerer = None if retrieve_only else _Answerer(llm, device, max_new_tokens, temperature, adapter)
     with RecordWriter(output) if not text_out else _NoWriter() as out:
         for where, rec in records:
             if not rec[field].strip():  # would retrieve arbitrary chunks and ask the model about nothing
@@ -283,10 +284,12 @@ class _NoWriter:
 class _Answerer:
     """Loads the chat model on first use and answers from retrieved chunks."""
 
-    def __init__(self, llm: str, device: str, max_new_tokens: int, temperature: float):
+    def __init__(
+        self, llm: str, device: str, max_new_tokens: int, temperature: float, adapter: str | None = None
+    ):
         from nlpkit.llm.generate import Sampling
 
-        self.llm, self.device = llm, device
+        self.llm, self.device, self.adapter = llm, device, adapter
         self.sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, seed=0)
         self.chat: Any = None
 
@@ -298,7 +301,7 @@ class _Answerer:
         if self.chat is None:
             from nlpkit.llm.chat import ChatModel
 
-            self.chat = ChatModel.load(spec=self.llm, device=self.device)
+            self.chat = ChatModel.load(spec=self.llm, device=self.device, adapter=self.adapter)
         reply: str = self.chat.reply(self._fit(question, hits, build_messages), self.sampling)
         return clean_answer(reply)
 

@@ -19,7 +19,11 @@ class ChatModel:
 
     @classmethod
     def load(
-        cls, spec: str = "smollm2-135m-instruct", device: str = "auto", dtype: str = "auto"
+        cls,
+        spec: str = "smollm2-135m-instruct",
+        device: str = "auto",
+        dtype: str = "auto",
+        adapter: str | None = None,
     ) -> ChatModel:
         from nlpkit.store.resolve import resolve_model
 
@@ -35,7 +39,7 @@ class ChatModel:
                 where=str(folder),
                 hint="complete plain text with `nlpkit generate MODEL` (without --chat)",
             )
-        return cls(Generator.load(folder, device, dtype), template)
+        return cls(Generator.load(folder, device, dtype, adapter), template)
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         ids = encode_chat(self.gen.tok, self.template, messages)

@@ -35,6 +35,7 @@ class Completer:
         dtype: str = "auto",
         chat: bool = False,
         system: str | None = None,
+        adapter: str | None = None,
     ) -> Completer:
         from nlpkit.llm.generate import Generator
 
@@ -43,9 +44,9 @@ class Completer:
         if chat:
             from nlpkit.llm.chat import ChatModel
 
-            bot = ChatModel.load(model, device, dtype)
+            bot = ChatModel.load(model, device, dtype, adapter)
             return cls(bot.gen, bot, system)
-        return cls(Generator.load(model, device, dtype))
+        return cls(Generator.load(model, device, dtype, adapter))
 
     @property
     def default_field(self) -> str:

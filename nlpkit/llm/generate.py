@@ -118,8 +118,12 @@ class Generator:
             self.decoder = fuse_projections(half_matrices(copy.deepcopy(model), getattr(torch, self.dtype)))
 
     @classmethod
-    def load(cls, spec: str | Path, device: str = "auto", dtype: str = "auto") -> Generator:
-        """A model folder, a ``.gguf`` file or a named model (converted once, see convert.py)."""
+    def load(
+        cls, spec: str | Path, device: str = "auto", dtype: str = "auto", adapter: str | None = None
+    ) -> Generator:
+        """A model folder, a ``.gguf`` file or a named model (converted once, see convert.py);
+        ``adapter``: a LoRA adapter folder (PEFT layout), merged into the weights before the
+        float16 decoding copy is made."""
         from nlpkit.io.deps import import_torch, resolve_device
 
         import_torch()  # first: a clean "install the torch extra" (69) before anything imports torch
@@ -129,6 +133,11 @@ class Generator:
 
         folder = resolve_model(str(spec))
         if (folder / "model.onnx").is_file():  # quantized: ONNX Runtime decodes, torch samples
+            if adapter:
+                raise UsageError(
+                    "--adapter needs a PyTorch model folder, not a quantized (ONNX) one",
+                    hint="merge it first (`nlpkit lora merge`), then quantize the merged model",
+                )
             from nlpkit.llm.onnx_decoder import OnnxDecoder
             from nlpkit.lm.config import read_config
 
@@ -136,6 +145,10 @@ class Generator:
             return cls(decoder, read_config(folder), load(str(folder)), "cpu", dtype)
         device = resolve_device(device)
         model, cfg = load_model(folder, device)
+        if adapter:
+            from nlpkit.lm.lora import load_adapter
+
+            load_adapter(model, adapter, merge=True)
         return cls(model, cfg, load(str(folder)), device, dtype)
 
     def prompt_ids(self, prompt: str) -> list[int]:

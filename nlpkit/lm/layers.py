@@ -176,7 +176,27 @@ class SwiGLU(nn.Module):
         if self.gate_up is not None:
             gate, up = F.linear(x.to(self.gate_up.dtype), self.gate_up).chunk(2, -1)
             return self.down_proj(F.silu(gate).mul_(up))
+        if torch.is_grad_enabled():
+            return self.down_proj(_SwiGLUFn.apply(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class _SwiGLUFn(torch.autograd.Function):
+    """silu(gate) * up, saving gate and up only (autograd would also keep silu(gate): a third
+    (B, T, ffn) tensor per layer, the largest activations of a LoRA step)."""
+
+    @staticmethod
+    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate).mul_(up)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gate, up = ctx.saved_tensors
+        s = torch.sigmoid(gate)
+        d_up = g * gate * s  # g * silu(gate)
+        d_gate = (g * up).mul_(s * (1.0 + gate * (1.0 - s)))  # silu'(x) = s (1 + x (1 - s))
+        return d_gate, d_up
 
 
 class FeedForward(nn.Module):
@@ -210,3 +230,42 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(
         logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE
     )
+
+
+class _FrozenHeadLoss(torch.autograd.Function):
+    """Mean cross-entropy of ``x W^T`` against ``targets`` for a frozen head W (LoRA, QLoRA):
+    rows are taken a chunk at a time, so the (N, vocab) logits never exist whole, and since W
+    takes no gradient the forward already computes d loss / dx = (softmax - onehot) W, the only
+    thing the backward needs. Same arithmetic as logits + ``lm_loss``, a fraction of the memory."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        N, chunk = x.size(0), max(1, 2**24 // w.size(0))  # (chunk, vocab) float32 logits: 64 MB
+        grad = torch.empty_like(x)  # (N, C)
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        for i in range(0, N, chunk):
+            logits = F.linear(x[i : i + chunk], w).float()  # (n, vocab)
+            t = targets[i : i + chunk]
+            lse = torch.logsumexp(logits, -1)  # (n,)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            p = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            p[torch.arange(len(t), device=t.device), t] -= 1.0
+            grad[i : i + chunk] = (p.to(w.dtype) @ w).to(x.dtype)
+        ctx.save_for_backward(grad)
+        ctx.n = max(N, 1)
+        return total / ctx.n
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (grad,) = ctx.saved_tensors
+        return grad * (g / ctx.n), None, None
+
+
+def frozen_head_loss(x: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``lm_loss(F.linear(x, w), targets)`` for a head that does not train: only the positions
+    with a target are computed (prompt tokens of fine-tuning data cost nothing), in chunks."""
+    keep = targets.reshape(-1) != IGNORE  # (B*T,)
+    rows = x.reshape(-1, x.size(-1))[keep]  # (N, C)
+    if not torch.is_grad_enabled() or not rows.requires_grad:
+        return lm_loss(F.linear(rows, w), targets.reshape(-1)[keep])
+    return _FrozenHeadLoss.apply(rows, w, targets.reshape(-1)[keep])

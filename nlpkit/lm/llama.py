@@ -10,7 +10,7 @@ import torch.nn as nn
 from nlpkit.errors import UsageError
 from nlpkit.lm.config import ModelConfig
 from nlpkit.lm.kv_cache import KVCache
-from nlpkit.lm.layers import Attention, RMSNorm, Rotary, SwiGLU, _init_weights, lm_loss
+from nlpkit.lm.layers import Attention, RMSNorm, Rotary, SwiGLU, _init_weights, frozen_head_loss, lm_loss
 
 # --------------------------------------------------------------------------- llama
 
@@ -83,6 +83,11 @@ class Llama(nn.Module):
         for i, block in enumerate(self.model.layers):
             x = block(x, rope, mask, pos == 0, cache.layers[i] if cache is not None else None, pos)
         x = self.model.norm(x)
+        if targets is not None and self.training and cache is None and not self.lm_head.weight.requires_grad:
+            # a frozen head (LoRA): the loss without materialising the logits, which nobody reads
+            return x.new_empty(0), frozen_head_loss(
+                x.to(self.lm_head.weight.dtype), self.lm_head.weight, targets
+            )
         if cache is not None:
             cache.pos += T
             x = x[:, -1:]  # generation needs the last position only

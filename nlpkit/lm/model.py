@@ -77,7 +77,7 @@ def load_model(folder: str | Path, device: str = "cpu") -> tuple[nn.Module, Mode
     with torch.device("meta"):
         model = build_model(cfg)
     model = model.to_empty(device=device)
-    state = {k: torch.from_numpy(v.copy()) for k, v in tensors.items()}
+    state = {k: torch.from_numpy(v.copy()).to(device) for k, v in tensors.items()}
     expected = set(model.state_dict())
     if cfg.tie_embeddings:
         expected -= {"lm_head.weight", "head.weight"}
@@ -87,7 +87,8 @@ def load_model(folder: str | Path, device: str = "cpu") -> tuple[nn.Module, Mode
             f"tensors do not match config.json (missing {missing[:3]}, unexpected {extra[:3]})", where=path
         )
     try:
-        model.load_state_dict(state, strict=False)
+        # assign: the copies become the parameters (no third copy of the weights at load time)
+        model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as e:
         raise DataError(f"tensor shapes do not match config.json ({str(e)[:300]})", where=path) from None
     _reset_buffers(model, cfg, device)

@@ -147,7 +147,9 @@ class ChatTemplate:
         return text
 
 
-def encode_chat(tok: Any, template: ChatTemplate, messages: Sequence[Message]) -> list[int]:
+def encode_chat(
+    tok: Any, template: ChatTemplate, messages: Sequence[Message], add_generation_prompt: bool = True
+) -> list[int]:
     """Token ids of the rendered conversation, with message contents encoded as plain text.
 
     Each content is swapped for a unique marker before rendering; the rendered text is cut at
@@ -158,7 +160,7 @@ def encode_chat(tok: Any, template: ChatTemplate, messages: Sequence[Message]) -
 
     nonce = secrets.token_hex(8)
     marked = [{"role": m["role"], "content": f"\x00{nonce}:{i}\x00"} for i, m in enumerate(messages)]
-    text = template.render(marked)
+    text = template.render(marked, add_generation_prompt)
     ids: list[int] = []
     pieces = text.split("\x00")
     for j, piece in enumerate(pieces):

@@ -114,7 +114,7 @@ def save_checkpoint(out: Path, run: Run, d: Dist) -> None:
         folder = out / "checkpoints"
         folder.mkdir(exist_ok=True)
         name = f"step-{run.state.step:08d}.pt"
-        blob = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "rng": rngs,
+        blob = {"model": trained_state(run.model), "optimizer": run.optimizer.state_dict(), "rng": rngs,
                 "state": asdict(run.state), "model_config": asdict(run.model_cfg),
                 "train_config": asdict(run.cfg), "data_sha256": run.data_sha256}  # fmt: skip
         with atomic_open(folder / name) as f:
@@ -122,9 +122,22 @@ def save_checkpoint(out: Path, run: Run, d: Dist) -> None:
         write_bytes_atomic(folder / "latest", f"{name}\n".encode())
         for old in sorted(folder.glob("step-*.pt"))[:-KEEP_CHECKPOINTS]:
             old.unlink()
-        save_model(run.model, run.model_cfg, out, {"nlpkit.step": str(run.state.step)})
+        if run.write is not None:
+            run.write(out, run)
+        else:
+            save_model(run.model, run.model_cfg, out, {"nlpkit.step": str(run.state.step)})
     if d.world > 1:
         torch.distributed.barrier()
+
+
+def trained_state(model: Any) -> dict[str, Any]:
+    """The weights a checkpoint holds: all of them, or only the trained ones when some are
+    frozen (an adapter's few matrices, not the base model they adapt)."""
+    state = model.state_dict()
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    if len(trained) == len(list(model.parameters())):
+        return state
+    return {k: v for k, v in state.items() if k in trained}
 
 
 def load_checkpoint(out: Path) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nlpkit.errors import UsageError
@@ -156,6 +158,9 @@ class Run:
     data_sha256: str
     device: str
     lr: float = 0.0  # the learning rate of the last step
+    # how a checkpoint writes the run's result next to it (None: the whole model folder);
+    # LoRA writes its adapter files instead
+    write: Callable[[Path, Run], None] | None = None
 
 
 # Flags that may change when a run is resumed; any other setting is the checkpoint's.

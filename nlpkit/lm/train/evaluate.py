@@ -47,7 +47,8 @@ def evaluate(
 
 
 def eval_model(folder: str, paths: Sequence[str], *, field: str = "text", fmt: str = "auto",
-               batch_size: int = 32, device: str = "auto") -> dict[str, Any]:  # fmt: skip
+               batch_size: int = 32, device: str = "auto",
+               adapter: str | None = None) -> dict[str, Any]:  # fmt: skip
     """``nlpkit eval``: loss and perplexity of a model folder on held-out text (or pairs)."""
     import_torch()
     from nlpkit.lm.model import load_model
@@ -57,6 +58,10 @@ def eval_model(folder: str, paths: Sequence[str], *, field: str = "text", fmt: s
     device = resolve_device(device)
     path = resolve_model(folder)
     model, cfg = load_model(path, device)
+    if adapter:  # a LoRA adapter (PEFT layout) folded into the weights
+        from nlpkit.lm.lora import load_adapter
+
+        load_adapter(model, adapter, merge=True)
     data = load_data(paths, load(str(path)), cfg, field, fmt)
     # Long-context models (SmolLM2: 8192) are scored in windows of 1024 tokens, and batches are
     # cut so the logits of one batch stay near 512 MB.
