@@ -605,3 +605,12 @@ def test_a_backend_without_batch_operations_serves_one_request_at_a_time(model_d
     assert ended.wait(10)
     engine.stop()
     assert got == want
+
+
+def test_the_server_stack_is_imported_by_serve_only() -> None:
+    code = (
+        "import sys, nlpkit.cli.main, nlpkit.llm.generate, nlpkit.embed.encoder; "
+        "print(sorted(m for m in ('starlette', 'uvicorn', 'openai', 'httpx') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
