@@ -133,6 +133,11 @@ def main() -> None:
     ap.add_argument("--per-client", type=int, default=2)
     ap.add_argument("--clients", default="1,4,8")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--nlpkit-model",
+        default=None,
+        help="what nlpkit serves (e.g. the int4 folder of `nlpkit quantize`; default: the float model)",
+    )
     args = ap.parse_args()
     from tokenizers import Tokenizer
 
@@ -157,7 +162,7 @@ def main() -> None:
             "-m",
             "nlpkit",
             "serve",
-            name,
+            args.nlpkit_model or name,
             "--port",
             ours_url.rsplit(":", 1)[1],
             "--embed-model",
@@ -194,16 +199,18 @@ def main() -> None:
         env,
     )
     sides = {"nlpkit": ours_url, "llama.cpp": ref_url}
+    ours_name = Path(args.nlpkit_model).name if args.nlpkit_model else name
+    names = {"nlpkit": ours_name, "llama.cpp": name}
     (HERE / "results").mkdir(exist_ok=True)
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {(s, c): [] for s in sides for c in levels}
     try:
-        for url in sides.values():  # warm-up: first-call costs stay out of the figures
-            one_request(url, name, QUESTIONS[0], 8)
+        for side, url in sides.items():  # warm-up: first-call costs stay out of the figures
+            one_request(url, names[side], QUESTIONS[0], 8)
         for rep in range(args.reps):
             for c in levels:
                 order = list(sides) if rep % 2 == 0 else list(reversed(sides))
                 for side in order:
-                    r = cell(sides[side], name, c, args.per_client, args.new, count)
+                    r = cell(sides[side], names[side], c, args.per_client, args.new, count)
                     runs[(side, c)].append(r)
                     cells = {f"{s} {n}": v for (s, n), v in runs.items()}
                     (HERE / "results" / "serve-cells.json").write_text(json.dumps(cells) + "\n")  # if cut
