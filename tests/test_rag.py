@@ -49,7 +49,7 @@ def _scripted_chat(monkeypatch: pytest.MonkeyPatch, answer: str) -> list[list[di
 
     class ScriptedChat:
         @classmethod
-        def load(cls, spec: str, device: str) -> ScriptedChat:
+        def load(cls, spec: str, device: str, **kwargs: object) -> ScriptedChat:  # adapter=...
             return cls()
 
         def room(self, messages: list[dict[str, str]]) -> int:
