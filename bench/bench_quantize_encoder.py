@@ -5,6 +5,7 @@ embeddings of every chunk, and the index build time (2 threads, the same machine
 other).
 
     python bench/bench_quantize_encoder.py      # needs python3.11-doc and minilm-l6-v2 pulled
+    python bench/bench_quantize_encoder.py --every 3   # the answer files + every 3rd other file
 
 Last line: ``quantize_encoder: key=value ...``; bench/results/quantize_encoder.json.
 """
@@ -26,11 +27,16 @@ CACHE = HERE / ".cache" / "quantize-encoder"
 
 
 def main() -> None:
+    import argparse
+
     from bench_rag import LIBRARY, recall
 
     from nlpkit.embed.encoder import load_encoder
     from nlpkit.rag.index import open_index
 
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--every", type=int, default=1, help="index the answer files and every N-th other file")
+    args = ap.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     int8 = CACHE / "minilm-int8"
     if not (int8 / "quantization.json").is_file():
@@ -40,14 +46,22 @@ def main() -> None:
     questions = [
         json.loads(line) for line in (HERE / "data" / "rag_questions.jsonl").read_text().splitlines()
     ]
-    result: dict[str, object] = {"questions": len(questions)}
+    library = CACHE / f"library-every{args.every}" / "library"
+    if not library.is_dir():
+        answers = {Path(q["answer_file"]).name for q in questions}
+        files = sorted(Path(LIBRARY).glob("*.rst.txt"))
+        keep = [p for i, p in enumerate(files) if p.name in answers or i % args.every == 0]
+        library.mkdir(parents=True)
+        for p in keep:
+            shutil.copyfile(p, library / p.name)
+    result: dict[str, object] = {"questions": len(questions), "files": len(list(library.iterdir()))}
     indexes = {}
     for name, model in (("float32", "minilm-l6-v2"), ("int8", str(int8))):
-        idx = CACHE / f"{name}.idx"
+        idx = CACHE / f"{name}-every{args.every}.idx"
         t0 = time.perf_counter()
         if not (idx / "index.sqlite").is_file():
-            cmd = [sys.executable, "-m", "nlpkit", "rag-index", LIBRARY, "-o", str(idx), "-m", model, "-q"]
-            subprocess.run(cmd, check=True)
+            cmd = [sys.executable, "-m", "nlpkit", "rag-index", "library", "-o", str(idx), "-m", model, "-q"]
+            subprocess.run(cmd, check=True, cwd=library.parent)  # cited as library/NAME, as the answers
             result[f"{name}_index_s"] = round(time.perf_counter() - t0, 1)
         index = open_index(idx)
         enc = load_encoder(model)
