@@ -8,6 +8,9 @@ process answers them all (greedy, ``-k`` sources, ``--max-new-tokens``). Per mod
 
 * ``cites_source``: share of answers that cite at least one retrieved source as ``[n]``;
 * ``cites_right_file``: share whose cited sources include a chunk of the question's answer file;
+* ``names_source`` / ``names_right_file``: the same, counting also an answer that names a
+  retrieved file instead of writing ``[n]`` ("use `choice` from `library/random.rst.txt`"), the
+  way the Qwen models often cite;
 * ``retrieved_right_file``: share where the answer file is among the -k sources at all (the
   ceiling for the previous line: retrieval, not the model);
 * ``evidence``: share of answers that name the question's evidence word (``getcwd``...);
@@ -19,7 +22,7 @@ process answers them all (greedy, ``-k`` sources, ``--max-new-tokens``). Per mod
   told to give only the answer; right when any accepted answer appears in the reply
   (case-insensitive). Generated in batches of 8.
 
-The index covers a subset of the library so that it builds in about two minutes on 2 cores: the
+The index covers a subset of the library so that it builds in a few minutes on 2 cores: the
 answer files of every 7th question (13 files) plus every 10th file (distractors), 42 files. Built once into
 ``bench/.cache/rag-answers/`` (reused unless --fresh). Results: bench/results/rag_answers.json.
 """
@@ -50,6 +53,7 @@ def main() -> None:
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--library", default=LIBRARY)
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--rescore", action="store_true", help="score the saved answers again, run nothing")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on an oversubscribed machine)")
     ap.add_argument("--trivia", type=int, default=16, help="trivia test questions per model (0: none)")
     args = ap.parse_args()
@@ -57,6 +61,17 @@ def main() -> None:
     llms = args.llm or ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]
     rows = [json.loads(x) for x in (ROOT / "bench" / "data" / "rag_questions.jsonl").read_text().splitlines()]
     questions = rows[:: args.every]
+    if args.rescore:
+        saved = json.loads((ROOT / "bench" / "results" / "rag_answers.json").read_text())
+        for llm, r in saved["models"].items():
+            r.update(score(questions, CACHE / f"answers-{llm}.jsonl"))
+        (ROOT / "bench" / "results" / "rag_answers.json").write_text(json.dumps(saved, indent=2) + "\n")
+        for llm, r in saved["models"].items():
+            print(
+                llm,
+                {k: round(r[k], 2) for k in (*METRICS, "decode_tok_s", "s_per_question", "trivia") if k in r},
+            )
+        return
     index = build_index(rows[::7], args)  # fixed: the same index whatever --every
     results = {}
     for llm in llms:
@@ -67,6 +82,7 @@ def main() -> None:
         r = results[llm]
         print(
             f"{llm}: cites_source={r['cites_source']:.2f} cites_right_file={r['cites_right_file']:.2f} "
+            f"names_source={r['names_source']:.2f} names_right_file={r['names_right_file']:.2f} "
             f"retrieved_right_file={r['retrieved_right_file']:.2f} evidence={r['evidence']:.2f} "
             f"decode_tok_s={r['decode_tok_s']:.1f} s_per_question={r['s_per_question']:.1f} "
             f"trivia={r.get('trivia', float('nan')):.2f}",
@@ -82,6 +98,7 @@ def main() -> None:
         "rag_answers: "
         + " ".join(
             f"{llm}:cites={r['cites_source']:.2f},right_file={r['cites_right_file']:.2f},"
+            f"names_right_file={r['names_right_file']:.2f},"
             f"tok_s={r['decode_tok_s']:.1f},trivia={r.get('trivia', float('nan')):.2f}"
             for llm, r in results.items()
         )
@@ -123,23 +140,32 @@ def ask_all(llm: str, index: Path, questions: list[dict[str, str]], args: argpar
     wall = time.perf_counter() - t
     if r.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr}")
+    return {**score(questions, answers), "s_per_question": wall / len(questions)}
+
+
+METRICS = ("cites_source", "cites_right_file", "names_source", "names_right_file", "retrieved_right_file",
+           "evidence")  # fmt: skip
+
+
+def score(questions: list[dict[str, str]], answers: Path) -> dict:  # type: ignore[type-arg]
+    """The shares over the answers a rag-ask --json run wrote to ``answers``."""
+    from nlpkit.rag.retrieval import cited_numbers, clean_answer
+
     records = [json.loads(x) for x in answers.read_text().splitlines()]
     per = []
     for q, rec in zip(questions, records, strict=True):
-        cited = [c for c in rec["citations"] if c["cited"]]
+        rec["answer"] = clean_answer(rec["answer"])  # as rag-ask cleans it
+        numbers = cited_numbers(rec["answer"], len(rec["citations"]))
+        cited = [c for c in rec["citations"] if c["n"] in numbers]
+        named = [c for c in rec["citations"] if c in cited or Path(c["path"]).name in rec["answer"]]
         right = [c for c in rec["citations"] if c["path"].endswith(q["answer_file"])]
         per.append({
             "question": q["question"], "answer_file": q["answer_file"], "answer": rec["answer"],
             "cites_source": bool(cited), "cites_right_file": any(c in right for c in cited),
+            "names_source": bool(named), "names_right_file": any(c in right for c in named),
             "retrieved_right_file": bool(right), "evidence": q["evidence"].lower() in rec["answer"].lower(),
         })  # fmt: skip
-    n = len(per)
-    return {
-        **{key: sum(p[key] for p in per) / n
-           for key in ("cites_source", "cites_right_file", "retrieved_right_file", "evidence")},
-        "s_per_question": wall / n,
-        "answers": per,
-    }  # fmt: skip
+    return {**{key: sum(p[key] for p in per) / len(per) for key in METRICS}, "answers": per}
 
 
 def decode_speed(llm: str, index: Path, question: str, args: argparse.Namespace) -> float:
