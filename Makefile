@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all check setup lint format test test-slow docs bench bench-chat clean
+.PHONY: all check setup lint format test test-slow docs bench bench-chat bench-lora clean
 
 all: check
 
@@ -52,6 +52,12 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_AVX_VN
 bench-chat: $(STAMP)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/python -m pip install -q -e '.[bench,llamacpp]'
 	$(BIN)/python bench/bench_chat.py
+
+# LoRA against PEFT + transformers, then the trivia task (needs `nlpkit models pull smollm2-135m-instruct`).
+bench-lora: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python bench/bench_lora.py
+	$(BIN)/python bench/bench_trivia.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
