@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all check setup lint format test test-slow docs bench bench-chat bench-serve clean
+.PHONY: all check setup lint format test test-slow docs bench bench-chat bench-serve bench-lora bench-quantize clean
 
 all: check
 
@@ -57,6 +57,21 @@ bench-chat: $(STAMP)
 bench-serve: $(STAMP)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/python -m pip install -q -e '.[bench,llamacpp,serve]'
 	$(BIN)/python bench/bench_serve.py
+
+# LoRA against PEFT + transformers, then the trivia task (needs `nlpkit models pull smollm2-135m-instruct`).
+bench-lora: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python bench/bench_lora.py
+	$(BIN)/python bench/bench_trivia.py
+
+# int4/int8 ONNX Runtime decoding against ONNX Runtime GenAI's int4 model and llama.cpp (GENAI_PYTHON:
+# a venv with onnxruntime-genai==0.18.0, transformers, onnx, onnx_ir and torch==2.13.0).
+GENAI_PYTHON ?= bench/.cache/genai-venv/bin/python
+bench-quantize: $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/python -m pip install -q -e '.[bench,llamacpp]'
+	test -x $(GENAI_PYTHON) || ($(PYTHON) -m venv bench/.cache/genai-venv && bench/.cache/genai-venv/bin/pip install -q torch==2.13.0 onnxruntime-genai==0.18.0 transformers onnx onnx_ir)
+	$(BIN)/python bench/bench_quantize.py --genai-python $(GENAI_PYTHON)
+	$(BIN)/python bench/bench_quantize_encoder.py --every 4
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -112,7 +112,7 @@ def accuracy(test_records: list[dict[str, Any]], adapter: str | None) -> tuple[f
     return right / len(test_records), replies
 
 
-def train(train_file: Path, out: Path, steps: int, qlora: bool) -> dict[str, Any]:
+def train(train_file: Path, out: Path, steps: int, qlora: bool, lr: float) -> dict[str, Any]:
     args = [
         "lora",
         "train",
@@ -139,6 +139,7 @@ def train(train_file: Path, out: Path, steps: int, qlora: bool) -> dict[str, Any
         "--log-interval",
         "10",
     ]
+    args += ["--lr", str(lr)]
     if qlora:
         args.append("--qlora")
     t0 = time.perf_counter()
@@ -151,6 +152,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--test", type=int, default=200, help="test questions scored (the first N; 0: all 837)")
     ap.add_argument("--only", default="base,lora,qlora")
+    ap.add_argument("--lr", type=float, default=2e-4)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_trivia."))
     train_file, test_file = tmp / "train.jsonl", tmp / "test.jsonl"
@@ -162,6 +164,7 @@ def main() -> None:
     results: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
         "steps": args.steps,
+        "lr": args.lr,
         "test_questions": len(test_records),
         "model": MODEL,
     }
@@ -169,7 +172,7 @@ def main() -> None:
         adapter = None
         if name != "base":
             out = tmp / name
-            results[f"{name}_train"] = train(train_file, out, args.steps, qlora=name == "qlora")
+            results[f"{name}_train"] = train(train_file, out, args.steps, qlora=name == "qlora", lr=args.lr)
             adapter = str(out)
         loss = response_loss(test_file, adapter)
         acc, replies = accuracy(test_records, adapter)

@@ -301,7 +301,8 @@ class _Answerer:
         if self.chat is None:
             from nlpkit.llm.chat import ChatModel
 
-            self.chat = ChatModel.load(spec=self.llm, device=self.device, adapter=self.adapter)
+            extra = {"adapter": self.adapter} if self.adapter else {}
+            self.chat = ChatModel.load(spec=self.llm, device=self.device, **extra)
         reply: str = self.chat.reply(self._fit(question, hits, build_messages), self.sampling)
         return clean_answer(reply)
 
