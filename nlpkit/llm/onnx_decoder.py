@@ -272,7 +272,7 @@ class OnnxDecoder:
         if every or cache.device != "cpu":
             logits = torch.from_numpy(binding.get_outputs()[0].numpy())
             return logits if every else logits[:, 0]
-        return torch.from_numpy(cache.logits[:, 0])  # a view: valid until the next step overwrites it
+        return torch.from_numpy(cache.logits[:, 0].copy())  # a copy: callers keep logits across steps
 
 
 def eval_onnx_model(
