@@ -5,7 +5,7 @@ must carry the key across N steps to answer after "?". Every cell trains through
 loop (``train-lstm --cell``: one layer of 64 units, character tokens, the same steps, batch,
 learning rate and seed), then answers 200 fresh lines greedily; chance is 1/8 (eight keys).
 
-    python bench/bench_rnn.py                    # --steps 300 --lengths 5,25,50,100,200
+    python bench/bench_rnn.py                    # --steps 1500 --lengths 5,20,50,100
 
 Last line: ``rnn: N=acc/acc/acc ...`` (rnn/gru/lstm); bench/results/rnn.json and rnn.svg (the
 accuracy against N, one line per cell).
@@ -34,8 +34,8 @@ def line(rng: random.Random, n: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--lengths", default="5,25,50,100,200")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--lengths", default="5,20,50,100")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     import torch
@@ -50,13 +50,14 @@ def main() -> None:
             rng = random.Random(n)
             data = Path(tmp) / f"n{n}.txt"
             data.write_text("\n".join(line(rng, n) for _ in range(4000)) + "\n")
-            test = [line(random.Random(10_000 + n), n) for _ in range(200)]
+            test_rng = random.Random(10_000 + n)
+            test = [line(test_rng, n) for _ in range(200)]
             for cell in CELLS:
                 out = Path(tmp) / f"{cell}-{n}"
                 t0 = time.perf_counter()
                 train([str(data)], out, arch="lstm", preset="tiny", overrides={
                     "cell": cell, "n_layer": 1, "n_embd": 64, "block_size": 2 * (n + 3), "batch_size": 16,
-                    "max_steps": args.steps, "lr": 3e-3, "warmup_steps": 20, "dropout": 0.0, "seed": 1,
+                    "max_steps": args.steps, "lr": 1e-2, "warmup_steps": 20, "dropout": 0.0, "seed": 1,
                     "eval_interval": args.steps, "eval_iters": 2, "log_interval": 50, "threads": args.threads,
                     "device": "cpu",
                 })  # fmt: skip
