@@ -194,19 +194,10 @@ def onnx_runner(folder: Path, device: str) -> Runner:
 def quantized_runner(folder: Path, device: str) -> Runner:
     """Run a quantized encoder folder's ``model.onnx`` after checking it against the SHA-256 in
     its ``quantization.json`` (a damaged file is bad data, never silently used)."""
-    from nlpkit.io.tensors import sha256_file
+    from nlpkit.io.tensors import verified_onnx
 
     check_runtime("onnxruntime")
-    path = folder / "model.onnx"
-    try:
-        receipt = json.loads((folder / "quantization.json").read_text(encoding="utf-8"))
-        want = receipt["model_sha256"]
-    except FileNotFoundError:
-        raise DataError("no quantization.json beside model.onnx", where=str(folder)) from None
-    except (ValueError, KeyError, TypeError):
-        raise DataError("damaged quantization receipt", where=str(folder / "quantization.json")) from None
-    if sha256_file(path) != want:
-        raise DataError("model.onnx does not match its receipt's SHA-256", where=str(path))
+    path = Path(verified_onnx(folder))
     try:
         session = onnx_session(path, device)
     except Unavailable:

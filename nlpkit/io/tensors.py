@@ -170,3 +170,36 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_receipt(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """A quantized folder's ``quantization.json``: a damaged receipt is bad data (65), a
+    missing one 66."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "quantization.json"
+    try:
+        receipt = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputMissing(
+            "no quantization.json beside model.onnx", where=str(path.parent), hint="quantize the model again"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError("damaged quantization receipt (not JSON)", where=str(path)) from None
+    if not isinstance(receipt, dict) or not isinstance(receipt.get("model_sha256"), str):
+        raise DataError("damaged quantization receipt (no model_sha256)", where=str(path))
+    return receipt
+
+
+def verified_onnx(folder: str | os.PathLike[str]) -> str:
+    """``folder/model.onnx`` after checking it against its receipt's SHA-256 (decoders and
+    encoders written by ``nlpkit quantize`` alike): a damaged file is never silently used."""
+    path = os.path.join(folder, "model.onnx")
+    if sha256_file(path) != read_receipt(folder)["model_sha256"]:
+        raise DataError(
+            "model.onnx does not match its receipt's SHA-256 (damaged or replaced)",
+            where=path,
+            hint="quantize the model again",
+        )
+    return path

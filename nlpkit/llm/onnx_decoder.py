@@ -14,13 +14,12 @@ output (GroupQueryAttention's shared-buffer mode), so a decode step copies no ca
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nlpkit.errors import DataError, InputMissing, Unavailable, UsageError
+from nlpkit.errors import DataError, Unavailable, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -28,27 +27,10 @@ if TYPE_CHECKING:
     from nlpkit.lm.config import ModelConfig
 
 MODEL_FILE = "model.onnx"
-RECEIPT = "quantization.json"
 
 
 def is_onnx_folder(folder: str | Path) -> bool:
     return (Path(folder) / MODEL_FILE).is_file()
-
-
-def read_receipt(folder: str | Path) -> dict[str, Any]:
-    """``quantization.json``, checked: a damaged receipt is bad data (65), a missing one 66."""
-    path = Path(folder) / RECEIPT
-    try:
-        receipt = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputMissing(
-            "no quantization.json beside model.onnx", where=str(path.parent), hint="quantize the model again"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DataError("damaged quantization receipt (not JSON)", where=str(path)) from None
-    if not isinstance(receipt, dict) or not isinstance(receipt.get("model_sha256"), str):
-        raise DataError("damaged quantization receipt (no model_sha256)", where=str(path))
-    return receipt
 
 
 def session_options(threads: int | None = None) -> Any:
@@ -203,17 +185,11 @@ class OnnxDecoder:
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu", threads: int | None = None) -> OnnxDecoder:
         """Open ``folder/model.onnx`` after checking it against its receipt's SHA-256."""
-        from nlpkit.io.tensors import sha256_file
+        from nlpkit.io.tensors import verified_onnx
         from nlpkit.lm.config import read_config
 
         folder = Path(folder)
-        receipt = read_receipt(folder)
-        if sha256_file(folder / MODEL_FILE) != receipt["model_sha256"]:
-            raise DataError(
-                "model.onnx does not match its receipt's SHA-256 (damaged or replaced)",
-                where=str(folder / MODEL_FILE),
-                hint="quantize the model again",
-            )
+        verified_onnx(folder)
         return cls(open_session(folder / MODEL_FILE, device, threads), read_config(folder), device)
 
     def new_cache(self, B: int = 1, max_len: int = 0) -> OnnxCache:

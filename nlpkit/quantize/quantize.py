@@ -15,9 +15,11 @@ loader would take it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,6 @@ def quantize_model(
     receipt_checks: bool = True,
 ) -> dict[str, Any]:
     """Write the quantized folder ``out`` and return its receipt (also ``out/quantization.json``)."""
-    from nlpkit.io.files import fsync_dir, lock_for
     from nlpkit.io.talk import say
     from nlpkit.lm.config import read_config
     from nlpkit.store.resolve import resolve_model
@@ -80,23 +81,34 @@ def quantize_model(
     if cfg.arch != "llama":
         kind = "an encoder-decoder" if cfg.arch == "seq2seq" else f"an {cfg.arch.upper()}"
         raise UsageError(f"quantize takes decoder-only transformers; {model} is {kind}")
+    with _staged(dest) as staging:
+        say(f"building the ONNX decoder of {src} ({cfg.n_layer} layers) with int{bits} weights...")
+        onnx_bytes = _write_onnx(src, staging, cfg, bits, group_size)
+        _copy_model_files(src, staging, bits, group_size)
+        receipt = _receipt_base(model, src, staging, bits, group_size, onnx_bytes)
+        _write_receipt(staging, receipt)  # the quantized folder loads from here on
+        if receipt_checks:
+            from nlpkit.quantize.receipt import measure
+
+            receipt |= measure(src, staging, bits, eval_text, device)
+        _write_receipt(staging, receipt)
+    return receipt
+
+
+@contextlib.contextmanager
+def _staged(dest: Path) -> Iterator[Path]:
+    """A staging folder beside ``dest`` under its lock, renamed into place when the block ends
+    normally and removed otherwise: no half-written model is ever where a loader looks."""
+    from nlpkit.io.files import fsync_dir, lock_for
+
     staging = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     with lock_for(dest):
         shutil.rmtree(staging, ignore_errors=True)
         try:
             staging.mkdir(parents=True)
-            say(f"building the ONNX decoder of {src} ({cfg.n_layer} layers) with int{bits} weights...")
-            onnx_bytes = _write_onnx(src, staging, cfg, bits, group_size)
-            _copy_model_files(src, staging, bits, group_size)
-            receipt = _receipt_base(model, src, staging, bits, group_size, onnx_bytes)
-            _write_receipt(staging, receipt)  # the quantized folder loads from here on
-            if receipt_checks:
-                from nlpkit.quantize.receipt import measure
-
-                receipt |= measure(src, staging, bits, eval_text, device)
-            _write_receipt(staging, receipt)
+            yield staging
             if dest.exists():
-                dest.rmdir()  # empty, checked above
+                dest.rmdir()  # empty, checked by check_output
             os.replace(staging, dest)
             fsync_dir(dest.resolve().parent)
         except OSError as e:
@@ -107,7 +119,6 @@ def quantize_model(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    return receipt
 
 
 def _write_onnx(src: Path, staging: Path, cfg: Any, bits: int, group_size: int) -> int:
@@ -208,48 +219,31 @@ def _quantize_encoder(
 ) -> dict[str, Any]:
     """A sentence encoder: int8 weights only (``quantize_dynamic``), staged and renamed like a decoder."""
     from nlpkit import __version__
-    from nlpkit.io.files import fsync_dir, lock_for
     from nlpkit.io.tensors import sha256_file
     from nlpkit.quantize.encoder import measure_encoder, quantize_encoder
 
     if bits != 8:
         raise UsageError("sentence encoders quantize to int8 only", hint="use --bits 8")
-    staging = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    with lock_for(dest):
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            staging.mkdir(parents=True)
-            size = quantize_encoder(src, staging)
-            receipt: dict[str, Any] = {
-                "source": model,
-                "source_folder": str(src),
-                "bits": 8,
-                "scheme": "int8 weights, one scale per output channel (onnxruntime quantize_dynamic), "
-                "int8 activations quantized per call",
-                "path": "quantized from the float32 weights (the exported, fused ONNX graph)",
-                "bytes_before": (src / "model.safetensors").stat().st_size,
-                "bytes_after": size,
-                "size_ratio": round(size / (src / "model.safetensors").stat().st_size, 4),
-                "float_fallback_ops": [],
-                "model_sha256": sha256_file(staging / "model.onnx"),
-                "nlpkit_version": __version__,
-            }
-            _write_receipt(staging, receipt)
-            if checks:
-                from nlpkit.quantize.receipt import _eval_text
+    with _staged(dest) as staging:
+        size = quantize_encoder(src, staging)
+        receipt: dict[str, Any] = {
+            "source": model,
+            "source_folder": str(src),
+            "bits": 8,
+            "scheme": "int8 weights, one scale per output channel (onnxruntime quantize_dynamic), "
+            "int8 activations quantized per call",
+            "path": "quantized from the float32 weights (the exported, fused ONNX graph)",
+            "bytes_before": (src / "model.safetensors").stat().st_size,
+            "bytes_after": size,
+            "size_ratio": round(size / (src / "model.safetensors").stat().st_size, 4),
+            "float_fallback_ops": [],
+            "model_sha256": sha256_file(staging / "model.onnx"),
+            "nlpkit_version": __version__,
+        }
+        _write_receipt(staging, receipt)
+        if checks:
+            from nlpkit.quantize.receipt import _eval_text
 
-                receipt |= measure_encoder(src, staging, _eval_text(eval_text), device)
-            _write_receipt(staging, receipt)
-            if dest.exists():
-                dest.rmdir()
-            os.replace(staging, dest)
-            fsync_dir(dest.resolve().parent)
-        except OSError as e:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise IOFailure(
-                f"cannot write the quantized model ({e.strerror or e})", where=str(dest)
-            ) from None
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+            receipt |= measure_encoder(src, staging, _eval_text(eval_text), device)
+        _write_receipt(staging, receipt)
     return receipt

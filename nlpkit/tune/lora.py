@@ -27,7 +27,7 @@ from typing import Any, cast
 import numpy as np
 
 from nlpkit.errors import DataError, UsageError
-from nlpkit.io.deps import import_torch, resolve_device
+from nlpkit.io.deps import import_torch
 from nlpkit.lm.lora import LoraConfig
 from nlpkit.lm.train.config import RESUMABLE, Run, TrainConfig, _flag
 
@@ -67,11 +67,10 @@ def train_lora(
     wait: bool = False,
 ) -> dict[str, Any]:
     """Train a LoRA adapter of ``model`` on ``paths`` into the folder ``out``; the summary record."""
-    torch = import_torch()
+    import_torch()  # first: a clean exit 69 without PyTorch
     _return_freed_memory()
-    from nlpkit.io.files import lock_for
     from nlpkit.lm.train.checkpoint import load_checkpoint
-    from nlpkit.lm.train.dist import distributed
+    from nlpkit.lm.train.dist import training_session
 
     out_dir, overrides = Path(out), dict(overrides or {})
     ckpt = load_checkpoint(out_dir) if resume else None
@@ -95,31 +94,24 @@ def train_lora(
         lora.modules()  # an unknown target module fails before any loading
         cfg = TrainConfig(**(DEFAULTS | {"max_steps": None if epochs else 1000} | overrides))
         saved = None
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    with distributed(device) as d:
-        if d.rank == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        lock = lock_for(out_dir / "train", wait=wait) if d.rank == 0 else _null()
-        with lock:
-            run, fingerprint, base_bytes = _build_run(
-                model, paths, eval_paths, lora, cfg, max_length, qlora, d, saved, epochs
-            )
-            if ckpt is not None:
-                _restore(run, ckpt, out_dir, d)
-            elif d.rank == 0:
-                record = {
-                    "model": model,
-                    "lora": asdict(lora),
-                    "max_length": max_length,
-                    "qlora": qlora,
-                    "base": fingerprint,
-                }
-                (out_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-            from nlpkit.lm.train.loop import fit
+    with training_session(cfg.device, cfg.threads, out_dir, wait) as d:
+        run, fingerprint, base_bytes = _build_run(
+            model, paths, eval_paths, lora, cfg, max_length, qlora, d, saved, epochs
+        )
+        if ckpt is not None:
+            _restore(run, ckpt, out_dir, d)
+        elif d.rank == 0:
+            record = {
+                "model": model,
+                "lora": asdict(lora),
+                "max_length": max_length,
+                "qlora": qlora,
+                "base": fingerprint,
+            }
+            (out_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        from nlpkit.lm.train.loop import fit
 
-            summary = fit(run, out_dir, d)
+        summary = fit(run, out_dir, d)
     from nlpkit.lm.lora import trainable_params
 
     trained = sum(p.numel() for p in trainable_params(run.model).values())
@@ -140,12 +132,6 @@ def _return_freed_memory() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):  # not glibc
             ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-
-
-def _null() -> Any:
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def _build_run(

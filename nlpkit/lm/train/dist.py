@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # --------------------------------------------------------------------------- processes and signals
@@ -67,3 +68,20 @@ def autocast(device: str) -> Any:
     if device.startswith("cuda"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def training_session(device: str, threads: int | None, out: Path, wait: bool) -> Iterator[Dist]:
+    """What every training run holds while it runs: torch's threads, the process group on the
+    resolved ``device``, and (rank 0) the output folder and its ``train.lock``."""
+    from nlpkit.io.deps import import_torch, resolve_device
+    from nlpkit.io.files import lock_for
+
+    device = resolve_device(device)
+    if threads:
+        import_torch().set_num_threads(threads)
+    with distributed(device) as d:
+        if d.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+        with lock_for(out / "train", wait=wait) if d.rank == 0 else contextlib.nullcontext():
+            yield d

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nlpkit.errors import DataError, Interrupted, Stopped, UsageError
-from nlpkit.io.deps import import_torch, resolve_device
+from nlpkit.io.deps import import_torch
 from nlpkit.lm.train.checkpoint import (
     RunState,
     StopFlag,
@@ -58,7 +58,7 @@ from nlpkit.lm.train.data import (
     special_ids,
     split_data,
 )
-from nlpkit.lm.train.dist import Dist, autocast, distributed
+from nlpkit.lm.train.dist import Dist, autocast, training_session
 from nlpkit.lm.train.evaluate import evaluate
 
 if TYPE_CHECKING:
@@ -83,8 +83,7 @@ def train(
     ``overrides``: the settings given explicitly (flag names with underscores); on ``resume``
     only the RESUMABLE ones may be given, the others come from the checkpoint.
     """
-    torch = import_torch()
-    from nlpkit.io.files import lock_for
+    import_torch()  # first: a clean exit 69 without PyTorch
 
     out_dir, overrides = Path(out), dict(overrides or {})
     ckpt = load_checkpoint(out_dir) if resume else None
@@ -100,19 +99,12 @@ def train(
     else:
         model_fields, cfg = resolve_configs(arch, preset, overrides)
         _check_new_folder(out_dir)
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    with distributed(device) as d:
-        if d.rank == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        lock = lock_for(out_dir / "train", wait=wait) if d.rank == 0 else contextlib.nullcontext()
-        with lock:
-            if ckpt is None:
-                run = _new_run(paths, out_dir, model_fields, cfg, tokenizer, field, fmt, d)
-            else:
-                run = _resumed_run(paths, out_dir, ckpt, cfg, field, fmt, d)
-            return fit(run, out_dir, d)
+    with training_session(cfg.device, cfg.threads, out_dir, wait) as d:
+        if ckpt is None:
+            run = _new_run(paths, out_dir, model_fields, cfg, tokenizer, field, fmt, d)
+        else:
+            run = _resumed_run(paths, out_dir, ckpt, cfg, field, fmt, d)
+        return fit(run, out_dir, d)
 
 
 def _check_new_folder(out: Path) -> None:
