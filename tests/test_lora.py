@@ -245,7 +245,7 @@ def test_cli_train_refusals(runner: Any, base: Path, adapter: Path, tmp_path: Pa
     )
     assert bad.exit_code == 2 and "unknown target module 'wq'" in bad.stderr
     again = runner.invoke(app, ["lora", "train", model, data, "-o", str(adapter), "--max-steps", "1"])
-    assert again.exit_code == 2 and "already holds an adapter" in again.stderr
+    assert again.exit_code == 2 and "already holds a model or an adapter" in again.stderr
     piped = runner.invoke(app, ["lora", "train", model, "-o", str(tmp_path / "p"), "--max-steps", "2", "--device", "cpu"],
                           input=(base / "qa.jsonl").read_text())  # fmt: skip
     assert piped.exit_code == 0 and json.loads(piped.stdout)["step"] == 2, piped.output

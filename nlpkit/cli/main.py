@@ -18,7 +18,7 @@ FAMILIES = (
     "tokens",
     "lm",
     "llm",
-    "lora",
+    "tune",
     "serve",
     "rag",
     "models",

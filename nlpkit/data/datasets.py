@@ -59,6 +59,8 @@ DATASETS: dict[str, Dataset] = {
                 "labelled": readers.rotten_tomatoes,
                 "preference": readers.rotten_preference,
                 "preference-chat": readers.rotten_preference_chat,
+                "instruction": readers.rotten_reviews,
+                "prompt": readers.rotten_prompts,
             },
             ("completion",),
         ),

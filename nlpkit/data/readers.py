@@ -220,6 +220,34 @@ def review_prompt(slug: str) -> str:
     return f'Write a short review of the movie "{movie_title(slug)}".'
 
 
+def rotten_reviews(folder: Path, dropped: Dropped) -> Items:
+    """``{"instruction": "Write a short review of the movie ...", "input": "", "output": snippet,
+    "label", "movie"}`` for every fresh and rotten snippet (supervised fine-tuning data)."""
+    for movie, label, text in _rotten_rows(folder, dropped):
+        if label == "plot":
+            dropped["plot summaries (not reviews)"] += 1
+            continue
+        yield (
+            movie,
+            {
+                "instruction": review_prompt(movie),
+                "input": "",
+                "output": text,
+                "label": label,
+                "movie": movie,
+            },
+        )
+
+
+def rotten_prompts(folder: Path, dropped: Dropped) -> Items:
+    """``{"prompt": "Write a short review of the movie ...", "movie"}``, once per reviewed movie."""
+    seen = set()
+    for movie, label, _ in _rotten_rows(folder, dropped):
+        if label != "plot" and movie not in seen:
+            seen.add(movie)
+            yield movie, {"prompt": review_prompt(movie), "movie": movie}
+
+
 def rotten_preference(folder: Path, dropped: Dropped) -> Items:
     """``{"prompt", "chosen", "rejected", "movie"}``: per movie, its i-th fresh snippet (chosen)
     against its i-th rotten one (rejected), in file order; each snippet is used once, so a

@@ -68,6 +68,23 @@ class Llama(nn.Module):
         ``pad_mask`` (B, T), True for real tokens, starts a cache on left-padded prompts:
         padding is never attended to and each row's positions count its real tokens only.
         """
+        x = self.hidden(idx, cache, pad_mask)  # (B, T, C)
+        if targets is not None and self.training and cache is None and not self.lm_head.weight.requires_grad:
+            # a frozen head (LoRA): the loss without materialising the logits, which nobody reads
+            return x.new_empty(0), frozen_head_loss(
+                x.to(self.lm_head.weight.dtype), self.lm_head.weight, targets
+            )
+        if cache is not None:
+            cache.pos += idx.size(1)
+            x = x[:, -1:]  # generation needs the last position only
+        logits = self.lm_head(x.to(self.lm_head.weight.dtype))  # (B, T, vocab)
+        return logits, lm_loss(logits, targets) if targets is not None else None
+
+    def hidden(
+        self, idx: torch.Tensor, cache: KVCache | None = None, pad_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The final norm's output (B, T, C): what the language-model head, a reward model's
+        score head and a value head read. Does not advance ``cache.pos``."""
         T = idx.size(1)
         pos = cache.pos if cache is not None else 0
         limit = cache.max_len if cache is not None else self.cfg.block_size
@@ -82,23 +99,13 @@ class Llama(nn.Module):
             rope, mask = self._padded(cache, pad_mask, T)
         for i, block in enumerate(self.model.layers):
             x = block(x, rope, mask, pos == 0, cache.layers[i] if cache is not None else None, pos)
-        x = self.model.norm(x)
-        if targets is not None and self.training and cache is None and not self.lm_head.weight.requires_grad:
-            # a frozen head (LoRA): the loss without materialising the logits, which nobody reads
-            return x.new_empty(0), frozen_head_loss(
-                x.to(self.lm_head.weight.dtype), self.lm_head.weight, targets
-            )
-        if cache is not None:
-            cache.pos += T
-            x = x[:, -1:]  # generation needs the last position only
-        logits = self.lm_head(x.to(self.lm_head.weight.dtype))  # (B, T, vocab)
-        return logits, lm_loss(logits, targets) if targets is not None else None
+        return self.model.norm(x)
 
     def _padded(
         self, cache: KVCache, pad_mask: torch.Tensor | None, T: int
     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """Per-row rotary tables and the (B, 1, T, S) attention mask of a left-padded batch."""
-        pos, dev = cache.pos, self.lm_head.weight.device
+        pos, dev = cache.pos, self.model.norm.weight.device
         B = cache.layers[0].k.size(0)
         if cache.valid is None:
             cache.valid = torch.ones(B, cache.max_len, dtype=torch.bool, device=dev)

@@ -24,10 +24,11 @@ fine-tuning workflow that trains them is ``nlpkit.tune``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,7 @@ class LoRALinear(nn.Module):
         if self.bias is not None:
             self.bias.requires_grad_(False)
         self.rank, self.scaling = rank, alpha / rank
+        self.disabled = False  # True: the frozen base alone (see ``adapters_disabled``)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         dev = base.weight.device
         self.lora_a = nn.Linear(self.in_features, rank, bias=False, device=dev)
@@ -163,6 +165,8 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.base_weight(), self.bias)  # (B, T, out)
+        if self.disabled:
+            return out
         a = self.lora_a(self.dropout(x).to(self.lora_a.weight.dtype))  # (B, T, r)
         return out + (self.lora_b(a) * self.scaling).to(out.dtype)
 
@@ -187,6 +191,20 @@ def apply_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
     if not names:
         raise UsageError(f"the model has no {', '.join(sorted(targets))} layers to adapt")
     return names
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` as its frozen base: every LoRA layer adds nothing inside the block. DPO and
+    PPO take their reference model this way, so one copy of the weights serves both."""
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    for m in layers:
+        m.disabled = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.disabled = False
 
 
 def trainable_params(model: nn.Module) -> dict[str, nn.Parameter]:

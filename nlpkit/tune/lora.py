@@ -31,6 +31,7 @@ from nlpkit.io.deps import import_torch
 from nlpkit.lm.lora import LoraConfig
 from nlpkit.lm.train.config import RESUMABLE, Run, TrainConfig, _flag
 
+TASKS = ("sft", "rm", "dpo")
 RUN_FILE = "lora_run.json"  # what a resume needs besides the checkpoint: model, LoRA shape, data settings
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -65,8 +66,15 @@ def train_lora(
     qlora: bool = False,
     resume: bool = False,
     wait: bool = False,
+    task: str = "sft",
+    beta: float = 0.1,
 ) -> dict[str, Any]:
-    """Train a LoRA adapter of ``model`` on ``paths`` into the folder ``out``; the summary record."""
+    """Train a LoRA adapter of ``model`` on ``paths`` into the folder ``out``; the summary record.
+
+    ``task``: ``sft`` (next-token loss on responses), ``rm`` (a reward model: the adapter and a
+    score head, written merged as LlamaForSequenceClassification, see ``tune.reward``) or
+    ``dpo`` (DPO against the adapter-free model, ``tune.dpo``, with ``beta``). ``lora=None``
+    with ``task="sft"`` fine-tunes every weight (no adapter) and writes a model folder."""
     import_torch()  # first: a clean exit 69 without PyTorch
     _return_freed_memory()
     from nlpkit.lm.train.checkpoint import load_checkpoint
@@ -82,40 +90,51 @@ def train_lora(
             )
         saved = json.loads((out_dir / RUN_FILE).read_text(encoding="utf-8"))
         cfg = TrainConfig(**(ckpt["train_config"] | overrides))
-        lora, max_length, qlora = LoraConfig(**saved["lora"]), saved["max_length"], saved["qlora"]
+        lora = LoraConfig(**saved["lora"]) if saved["lora"] else None
+        max_length, qlora = saved["max_length"], saved["qlora"]
+        task, beta = saved.get("task", "sft"), saved.get("beta", beta)
     else:
-        if (out_dir / "checkpoints").exists() or (out_dir / "adapter_model.safetensors").exists():
+        if any(
+            (out_dir / f).exists() for f in ("checkpoints", "adapter_model.safetensors", "model.safetensors")
+        ):
             raise UsageError(
-                "the output folder already holds an adapter",
+                "the output folder already holds a model or an adapter",
                 where=str(out_dir),
                 hint="pass --resume to continue its training, or choose another -o",
             )
-        lora = lora or LoraConfig()
-        lora.modules()  # an unknown target module fails before any loading
+        if task not in TASKS:
+            raise UsageError(f"unknown task {task!r}", hint=f"use one of {', '.join(TASKS)}")
+        if lora is None and (task != "sft" or qlora):
+            raise UsageError(f"{task if task != 'sft' else 'QLoRA'} trains a LoRA adapter: give its shape")
+        if task == "dpo" and not (beta > 0 and math.isfinite(beta)):
+            raise UsageError("--beta must be a positive number")
+        if lora is not None:
+            lora.modules()  # an unknown target module fails before any loading
         cfg = TrainConfig(**(DEFAULTS | {"max_steps": None if epochs else 1000} | overrides))
         saved = None
     with training_session(cfg.device, cfg.threads, out_dir, wait) as d:
         run, fingerprint, base_bytes = _build_run(
-            model, paths, eval_paths, lora, cfg, max_length, qlora, d, saved, epochs
+            model, paths, eval_paths, lora, cfg, max_length, qlora, d, saved, epochs, task, beta
         )
         if ckpt is not None:
             _restore(run, ckpt, out_dir, d)
         elif d.rank == 0:
             record = {
                 "model": model,
-                "lora": asdict(lora),
+                "lora": asdict(lora) if lora else None,
                 "max_length": max_length,
                 "qlora": qlora,
                 "base": fingerprint,
+                "task": task,
+                "beta": beta,
             }
             (out_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         from nlpkit.lm.train.loop import fit
 
         summary = fit(run, out_dir, d)
-    from nlpkit.lm.lora import trainable_params
-
-    trained = sum(p.numel() for p in trainable_params(run.model).values())
-    summary |= {"adapter": str(out_dir), "trainable_params": trained, "qlora": qlora}
+    trained = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    summary |= {"adapter" if task != "rm" and lora else "model": str(out_dir), "task": task,
+                "trainable_params": trained, "qlora": qlora}  # fmt: skip
     if base_bytes:  # QLoRA: the frozen matrices' bytes, NF4 against float32
         summary["base_bytes"] = base_bytes
     return summary
@@ -138,50 +157,40 @@ def _build_run(
     model_spec: str,
     paths: Sequence[str],
     eval_paths: Sequence[str],
-    lora: LoraConfig,
+    lora: LoraConfig | None,
     cfg: TrainConfig,
     max_length: int,
     qlora: bool,
     d: Any,
     saved: dict[str, Any] | None,
     epochs: float | None,
+    task: str = "sft",
+    beta: float = 0.1,
 ) -> tuple[Run, str, dict[str, float] | None]:
     import torch
 
     from nlpkit.io.talk import say
-    from nlpkit.lm.lora import apply_lora, base_fingerprint, save_adapter
+    from nlpkit.lm.lora import apply_lora, base_fingerprint
     from nlpkit.lm.model import load_model
     from nlpkit.store.resolve import resolve_model
     from nlpkit.text.chat_template import ChatTemplate
     from nlpkit.text.tokenizer import load
-    from nlpkit.tune.sft import SFTSet, digest, read_examples
 
     folder = resolve_model(model_spec)
     net, model_cfg = load_model(folder, d.device)
     if model_cfg.arch != "llama":
-        raise UsageError(f"LoRA fine-tunes decoder (llama) models; {model_spec} is a {model_cfg.arch}")
+        raise UsageError(f"fine-tuning takes decoder (llama) models; {model_spec} is a {model_cfg.arch}")
     fingerprint = base_fingerprint(net)
     if saved is not None and saved.get("base") != fingerprint:
         raise UsageError(
-            "the model differs from the one this adapter started training on",
+            "the model differs from the one this run started training on",
             hint=f"resume with {saved.get('model')}",
         )
     tok, template = load(str(folder)), ChatTemplate.from_folder(folder)
     max_length = min(max_length, model_cfg.block_size)
-    examples, report = read_examples(paths, tok, template, max_length)
-    if eval_paths:
-        val, _ = read_examples(eval_paths, tok, template, max_length)
-        train = examples
-    else:
-        cut = max(1, round(len(examples) * cfg.val_fraction))
-        if len(examples) - cut < 1:
-            raise DataError(
-                f"only {len(examples)} examples: too few to hold out a validation split",
-                hint="give more examples or --eval-data FILE",
-            )
-        train, val = examples[:-cut], examples[-cut:]
+    train, val, line, data_digest = _read(task, paths, eval_paths, tok, template, max_length, cfg)
     if d.rank == 0:
-        say(f"lora: {report.line()}")
+        say(f"{task}: {line}")
     per_step = cfg.batch_size * cfg.grad_accum * d.world
     if len(train) < per_step:
         raise DataError(
@@ -191,51 +200,146 @@ def _build_run(
     if epochs is not None:
         cfg.max_steps = max(1, math.ceil(epochs * len(train) / per_step))
     torch.manual_seed(cfg.seed)  # the same adapter initialisation in every process
-    names = apply_lora(net, lora)
+    module: Any = net
+    if task == "rm":
+        from nlpkit.tune.reward import RewardModel, RewardObjective
+
+        net = RewardModel.from_lm(cast(Any, net), cfg.seed)
+        module = RewardObjective(net)
+    names = apply_lora(net, lora) if lora is not None else []
+    if task == "rm":
+        cast(Any, net).score.weight.requires_grad_(True)  # PEFT's modules_to_save: the head trains whole
+    if task == "dpo":
+        from nlpkit.tune.dpo import DPOObjective
+
+        module = DPOObjective(net, beta)
     base_bytes = None
     if qlora:
         from nlpkit.tune.nf4 import quantize_bases
 
         base_bytes = quantize_bases(net)
-    net.train()
+    module.train()
     random.seed(cfg.seed + d.rank)
     np.random.seed(cfg.seed + d.rank)
     torch.manual_seed(cfg.seed + d.rank)
-    params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [{"params": params, "weight_decay": cfg.weight_decay}],
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        fused=True,
-    )
+    params = [p for p in module.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2] if lora is None else params  # full: no decay on norms
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    if len(decay) < len(params):
+        groups.append({"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
     if d.rank == 0:
-        say(
-            f"lora: r={lora.rank} alpha={lora.alpha:g} on {len(names)} layers ({', '.join(lora.modules())}), "
-            f"{sum(p.numel() for p in params):,} trainable parameters{', NF4 base' if qlora else ''}"
-        )
-    lora.base = lora.base or model_spec
-
-    def write(out: Path, run: Run) -> None:
-        meta = {"nlpkit.step": str(run.state.step), "nlpkit.base_model": model_spec}
-        save_adapter(run.model, lora, out, meta, fingerprint=fingerprint)
-        for name in TOKENIZER_FILES:  # the adapter folder works as a chat model's tokenizer source too
-            if (folder / name).is_file() and not (out / name).is_file():
-                shutil.copyfile(folder / name, out / name)
-
+        n = sum(p.numel() for p in params)
+        if lora is None:
+            say(f"{task}: full fine-tuning, {n:,} trainable parameters")
+        else:
+            say(
+                f"{task}: LoRA r={lora.rank} alpha={lora.alpha:g} on {len(names)} layers "
+                f"({', '.join(lora.modules())}), {n:,} trainable parameters{', NF4 base' if qlora else ''}"
+            )
+            lora.base = lora.base or model_spec
+    write = _writer(task, lora, net, folder, model_spec, model_cfg, fingerprint)
     pad = model_cfg.pad_id if model_cfg.pad_id is not None else (model_cfg.eos_id or 0)
+    Set = _dataset(task)
     run = Run(
-        net,
+        module,
         model_cfg,
         cfg,
         optimizer,
-        cast(Any, SFTSet(train, pad, cfg.seed)),  # the loop needs len, batch and eval_batches only
-        cast(Any, SFTSet(val, pad, train=False)),
+        cast(Any, Set(train, pad, cfg.seed)),  # the loop needs len, batch and eval_batches only
+        cast(Any, Set(val, pad, train=False)),
         _state(),
-        digest(examples),
+        data_digest,
         d.device,
         write=write,
+        evaluate=_pair_evaluation() if task != "sft" else None,
     )
     return run, fingerprint, base_bytes
+
+
+def _read(
+    task: str,
+    paths: Sequence[str],
+    eval_paths: Sequence[str],
+    tok: Any,
+    template: Any,
+    max_length: int,
+    cfg: TrainConfig,
+) -> tuple[list[Any], list[Any], str, str]:
+    """Training and validation items of the task, the report line and the data digest."""
+    if task == "sft":
+        from nlpkit.tune.sft import digest, read_examples
+
+        def read(p: Sequence[str]) -> tuple[list[Any], str]:
+            items, report = read_examples(p, tok, template, max_length)
+            return items, report.line()
+    else:
+        from nlpkit.tune.pairs import digest, read_pairs  # type: ignore[assignment]
+
+        def read(p: Sequence[str]) -> tuple[list[Any], str]:
+            pairs, report = read_pairs(p, tok, template, max_length)
+            return pairs, report.line()
+
+    items, line = read(paths)
+    if eval_paths:
+        return items, read(eval_paths)[0], line, digest(items)
+    cut = max(1, round(len(items) * cfg.val_fraction))
+    if len(items) - cut < 1:
+        raise DataError(
+            f"only {len(items)} examples: too few to hold out a validation split",
+            hint="give more examples or --eval-data FILE",
+        )
+    return items[:-cut], items[-cut:], line, digest(items)
+
+
+def _dataset(task: str) -> Any:
+    if task == "sft":
+        from nlpkit.tune.sft import SFTSet
+
+        return SFTSet
+    from nlpkit.tune.pairs import PairSet
+
+    return PairSet
+
+
+def _pair_evaluation() -> Any:
+    from nlpkit.tune.pairs import evaluate_pairs
+
+    return evaluate_pairs
+
+
+def _writer(
+    task: str, lora: LoraConfig | None, net: Any, folder: Path, spec: str, model_cfg: Any, fingerprint: str
+) -> Any:
+    """How a checkpoint writes the run's result into its folder."""
+    from nlpkit.lm.lora import save_adapter
+
+    def copy_tokenizer(out: Path) -> None:
+        for name in TOKENIZER_FILES:  # the folder works as a chat model's tokenizer source too
+            if (folder / name).is_file() and not (out / name).is_file():
+                shutil.copyfile(folder / name, out / name)
+
+    def adapter(out: Path, run: Run) -> None:
+        assert lora is not None
+        meta = {"nlpkit.step": str(run.state.step), "nlpkit.base_model": spec, "nlpkit.task": task}
+        save_adapter(net, lora, out, meta, fingerprint=fingerprint)
+        copy_tokenizer(out)
+
+    def full(out: Path, run: Run) -> None:
+        from nlpkit.lm.model import save_model
+
+        save_model(net, model_cfg, out, {"nlpkit.step": str(run.state.step), "nlpkit.base_model": spec})
+        copy_tokenizer(out)
+
+    def reward(out: Path, run: Run) -> None:
+        from nlpkit.tune.reward import save_reward_model
+
+        meta = {"nlpkit.step": str(run.state.step), "nlpkit.base_model": spec}
+        save_reward_model(net, out, folder, meta)
+
+    if task == "rm":
+        return reward
+    return adapter if lora is not None else full
 
 
 def _state() -> Any:
@@ -292,3 +396,15 @@ def merge_adapter(model: str, adapter: str, out: str | os.PathLike[str]) -> dict
         "rank": lora.rank,
         "alpha": lora.alpha,
     }
+
+
+def merge_into(model: str, folder: str | os.PathLike[str]) -> None:
+    """Write ``model`` with the adapter of ``folder`` folded in as the model of ``folder``
+    itself (config.json, model.safetensors): ``rlhf sft --lora``'s result is a plain model."""
+    from nlpkit.lm.lora import load_adapter
+    from nlpkit.lm.model import load_model, save_model
+    from nlpkit.store.resolve import resolve_model
+
+    net, cfg = load_model(resolve_model(model), "cpu")
+    load_adapter(net, Path(folder), merge=True)
+    save_model(net, cfg, Path(folder), {"nlpkit.base_model": model, "nlpkit.adapter": str(folder)})

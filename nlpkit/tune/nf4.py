@@ -143,6 +143,7 @@ class QLoRALinear(LoRALinear):
         self.in_features, self.out_features = lora.in_features, lora.out_features
         self.rank, self.scaling, self.dropout = lora.rank, lora.scaling, lora.dropout
         self.lora_a, self.lora_b, self.bias = lora.lora_a, lora.lora_b, lora.bias
+        self.disabled = lora.disabled
         q = quantize_nf4(lora.weight)
         self.register_buffer("nf4_packed", q.packed)
         self.register_buffer("nf4_scale_codes", q.scale_codes)
@@ -163,6 +164,8 @@ class QLoRALinear(LoRALinear):
         out = _NF4Linear.apply(x, self)  # (B, T, out)
         if self.bias is not None:
             out = out + self.bias
+        if self.disabled:
+            return out
         a = self.lora_a(self.dropout(x).to(self.lora_a.weight.dtype))  # (B, T, r)
         return out + (self.lora_b(a) * self.scaling).to(out.dtype)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -161,6 +161,10 @@ class Run:
     # how a checkpoint writes the run's result next to it (None: the whole model folder);
     # LoRA writes its adapter files instead
     write: Callable[[Path, Run], None] | None = None
+    # validation for another objective than next-token prediction (reward models, DPO):
+    # (run, batches) -> {"val_loss": ..., other "val_" numbers}; None: the language-model loss
+    evaluate: Callable[[Run, int], dict[str, float]] | None = None
+    last_eval: dict[str, float] = field(default_factory=dict)  # what ``evaluate`` last returned
 
 
 # Flags that may change when a run is resumed; any other setting is the checkpoint's.

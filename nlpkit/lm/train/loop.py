@@ -195,6 +195,7 @@ def fit(run: Run, out: Path, d: Dist) -> dict[str, Any]:
     log = open(out / "train.jsonl", "a", encoding="utf-8") if d.rank == 0 else None  # noqa: SIM115
     t0, base = time.perf_counter(), state.elapsed
     losses: list[Any] = []  # this log interval's losses, as tensors (no device sync per step)
+    extras: list[dict[str, Any]] = []  # and the objective's other numbers (reward models, DPO)
     train_loss = val_loss = None
     if (cfg.max_steps and state.step >= cfg.max_steps) or (cfg.max_time and state.elapsed >= cfg.max_time):
         from nlpkit.io.talk import say
@@ -219,18 +220,21 @@ def fit(run: Run, out: Path, d: Dist) -> dict[str, Any]:
                 cfg.max_time and state.elapsed >= cfg.max_time
             ):
                 break
-            losses.append(_step(model, run, d))
+            loss, numbers = _step(model, run, d)
+            losses.append(loss)
+            if numbers:
+                extras.append(numbers)
             state.step += 1
             progress.advance(1)
             if state.step % cfg.log_interval == 0:
-                train_loss = _log_train(run, log, d, losses)
+                train_loss = _log_train(run, log, d, losses, extras)
                 progress.advance(0, loss=f"{train_loss:.3f}")
             if state.step % cfg.eval_interval == 0:
                 val_loss = _evaluate_logged(run, log, limit=cfg.eval_iters)
             if cfg.checkpoint_interval and state.step % cfg.checkpoint_interval == 0:
                 save_checkpoint(out, run, d)
     if losses:
-        train_loss = _log_train(run, log, d, losses)
+        train_loss = _log_train(run, log, d, losses, extras)
     if state.step % cfg.eval_interval or val_loss is None:
         val_loss = _evaluate_logged(run, log, limit=cfg.eval_iters)
     if not cfg.checkpoint_interval or state.step % cfg.checkpoint_interval:
@@ -242,22 +246,30 @@ def fit(run: Run, out: Path, d: Dist) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _log_train(run: Run, log: Any, d: Dist, losses: list[Any]) -> float:
-    """Append the mean training loss since the last record (over all processes); clear ``losses``."""
+def _log_train(run: Run, log: Any, d: Dist, losses: list[Any], extras: list[dict[str, Any]]) -> float:
+    """Append the mean training loss (and the objective's other numbers) since the last record,
+    over all processes; clear ``losses`` and ``extras``."""
     mean = d.all_mean(float(sum(losses).item()) / len(losses))
+    numbers = (
+        {k: d.all_mean(float(sum(e[k] for e in extras).item()) / len(extras)) for k in extras[0]}
+        if extras
+        else {}
+    )
+    extras.clear()
     if not math.isfinite(mean):  # the weights are lost: stop before writing anything more
         raise DataError(
             f"the training loss became {mean} by step {run.state.step}; nothing more is written and "
             "the last checkpoint (if any) is kept",
             hint="lower --lr or raise --warmup-steps, then --resume or start again",
         )
-    _write(log, _summary(run, mean, None) | {"lr": run.lr})
+    _write(log, _summary(run, mean, None) | numbers | {"lr": run.lr})
     losses.clear()
     return mean
 
 
-def _step(model: Any, run: Run, d: Dist) -> Any:
-    """One optimizer step over grad_accum micro-batches; this process's mean loss (a tensor)."""
+def _step(model: Any, run: Run, d: Dist) -> tuple[Any, dict[str, Any]]:
+    """One optimizer step over grad_accum micro-batches; this process's mean loss (a tensor) and
+    the means of the numbers a model returns in place of logits (a dict: reward models, DPO)."""
     import torch
 
     cfg, state = run.cfg, run.state
@@ -269,14 +281,17 @@ def _step(model: Any, run: Run, d: Dist) -> Any:
         group["lr"] = lr
     run.lr = lr
     start, total = time.perf_counter(), 0.0
+    numbers: dict[str, Any] = {}
     for micro in range(cfg.grad_accum):
         ids = state.cursor + (micro * d.world + d.rank) * B + np.arange(B)
         batch = [t.to(run.device, non_blocking=True) for t in run.train_data.batch(state.epoch, ids)]
         last = micro == cfg.grad_accum - 1
         with contextlib.nullcontext() if last or d.world == 1 else model.no_sync(), autocast(run.device):
-            _, loss = model(*batch)
+            out, loss = model(*batch)
         (loss / cfg.grad_accum).backward()
         total = total + loss.detach()
+        if isinstance(out, dict):
+            numbers = {k: numbers.get(k, 0.0) + v.detach() / cfg.grad_accum for k, v in out.items()}
         state.tokens += batch[0].numel() * d.world
     if cfg.grad_clip:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
@@ -284,7 +299,7 @@ def _step(model: Any, run: Run, d: Dist) -> Any:
     run.optimizer.zero_grad(set_to_none=True)
     state.cursor += per_step
     state.train_time += time.perf_counter() - start
-    return total / cfg.grad_accum
+    return total / cfg.grad_accum, numbers
 
 
 def _summary(run: Run, loss: float | None, val_loss: float | None) -> dict[str, Any]:
@@ -297,7 +312,9 @@ def _summary(run: Run, loss: float | None, val_loss: float | None) -> dict[str, 
         "elapsed_s": round(s.elapsed, 3),
         "tokens_per_s": speed,
     }
-    if val_loss is not None:
+    if val_loss is not None and run.evaluate is not None:  # not a language model: no perplexity
+        record |= {"val_loss": val_loss} | run.last_eval
+    elif val_loss is not None:
         record |= {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
     return record
 
@@ -309,6 +326,11 @@ def _write(log: Any, record: dict[str, Any]) -> None:
 
 
 def _evaluate_logged(run: Run, log: Any, limit: int) -> float:
+    if run.evaluate is not None:  # another objective than next-token prediction: its own numbers
+        numbers = run.evaluate(run, limit)
+        run.last_eval = numbers
+        _write(log, {"step": run.state.step, **numbers, "elapsed_s": round(run.state.elapsed, 3)})
+        return float(numbers["val_loss"])
     loss, _ = evaluate(run.model, run.val_data, run.cfg.batch_size, run.device, limit=limit)
     _write(log, {"step": run.state.step, "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)),
                  "elapsed_s": round(run.state.elapsed, 3)})  # fmt: skip
