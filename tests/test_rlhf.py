@@ -389,3 +389,19 @@ def test_rlhf_cli_sft_rm_dpo(base: Path, tmp_path: Path) -> None:
         app, ["rlhf", "ppo", str(sft), str(base / "prompts.jsonl"), "-o", str(tmp_path / "ppo")]
     )
     assert r.exit_code == 2 and "--reward" in r.output
+
+
+def test_plot_draws_any_logged_number(base: Path, rm: Path, tmp_path: Path) -> None:
+    log = tmp_path / "ppo.jsonl"
+    log.write_text(
+        "".join(json.dumps({"step": i, "reward": 0.1 * i, "kl": 0.01 * i}) + "\n" for i in range(1, 5))
+    )
+    r = run_cli("plot", str(log), "-o", str(tmp_path / "ppo.svg"))  # a PPO log: reward and kl by default
+    assert r.returncode == 0, r.stderr
+    svg = (tmp_path / "ppo.svg").read_text()
+    assert ">reward<" in svg and ">kl<" in svg
+    r = run_cli("plot", str(rm), "-m", "accuracy", "-m", "val_accuracy", "-o", str(tmp_path / "rm.svg"))
+    assert r.returncode == 0, r.stderr
+    assert ">val_accuracy<" in (tmp_path / "rm.svg").read_text()
+    r = run_cli("plot", str(rm), "-m", "nothing", "-o", str(tmp_path / "x.svg"))
+    assert r.returncode == 65 and b"no nothing records" in r.stderr

@@ -353,8 +353,18 @@ def plot_cmd(
     output: Annotated[
         str, typer.Option("-o", "--output", help="The picture: .svg (built in) or .png (matplotlib).")
     ] = "curves.svg",
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-m",
+            "--metric",
+            help="A logged number to draw (repeatable), e.g. reward, kl, accuracy, rewards/margins "
+            "(default: loss and val_loss; reward and kl for a PPO run).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Training and validation loss curves of a run as a picture.
+    """Training and validation loss curves of a run as a picture (or any logged numbers).
 
     Example: nlpkit plot shakespeare/train.jsonl -o curves.svg
     """
@@ -363,4 +373,4 @@ def plot_cmd(
     from nlpkit.lm.train.curves import plot_curves
 
     path = Path(log)
-    plot_curves(str(path / "train.jsonl" if path.is_dir() else path), output)
+    plot_curves(str(path / "train.jsonl" if path.is_dir() else path), output, metric)

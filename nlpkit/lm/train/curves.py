@@ -1,7 +1,9 @@
-"""Training curves from a train.jsonl: a picture of the training and validation loss by step.
+"""Training curves from a train.jsonl: a picture of the training and validation loss by step
+(or of any numbers the run logged: a PPO run's reward and KL).
 
     plot_curves("model/train.jsonl", "curves.svg")   # built in, no dependency
     plot_curves("model/train.jsonl", "curves.png")   # matplotlib (the `plot` extra)
+    plot_curves("ppo/train.jsonl", "ppo.svg", ["reward", "kl"])
 
 Why SVG is built in: it is text (a few dozen lines to write), opens in every browser and
 scales; matplotlib is 40 MB of dependencies for one PNG, so it is optional.
@@ -10,23 +12,29 @@ scales; matplotlib is 40 MB of dependencies for one PNG, so it is optional.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from nlpkit.errors import DataError, UsageError
 
 W, H, LEFT, RIGHT, TOP, BOTTOM = 720, 420, 70, 20, 40, 50
-COLORS = {"loss": "#1f77b4", "val_loss": "#ff7f0e"}
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 LABELS = {"loss": "training loss", "val_loss": "validation loss"}
+LOSSES = ("loss", "val_loss")
 
 
-def read_curves(path: str) -> dict[str, list[tuple[float, float]]]:
-    """(step, value) points of "loss" and "val_loss" in a train.jsonl (or ``-``)."""
+def read_curves(path: str, keys: Sequence[str] | None = None) -> dict[str, list[tuple[float, float]]]:
+    """(step, value) points of ``keys`` in a train.jsonl (or ``-``); by default "loss" and
+    "val_loss", or "reward" and "kl" for a PPO run (which logs no loss)."""
     from nlpkit.io.records import iter_lines, parse_record
 
-    curves: dict[str, list[tuple[float, float]]] = {"loss": [], "val_loss": []}
-    for where, line in iter_lines(path):
-        record = parse_record(line, where)
+    records = [(where, parse_record(line, where)) for where, line in iter_lines(path)]
+    if not keys:
+        ppo = any("reward" in r for _, r in records) and not any("loss" in r for _, r in records)
+        keys = ("reward", "kl") if ppo else LOSSES
+    curves: dict[str, list[tuple[float, float]]] = {k: [] for k in keys}
+    for where, record in records:
         for key, points in curves.items():
             value, step = record.get(key), record.get("step")
             if isinstance(value, (int, float)) and isinstance(step, (int, float)):
@@ -37,14 +45,22 @@ def read_curves(path: str) -> dict[str, list[tuple[float, float]]]:
                 points.append((float(step), float(value)))
     if not any(curves.values()):
         raise DataError(
-            "no loss or val_loss records", where=path, hint="give the train.jsonl of a model folder"
+            f"no {' or '.join(curves)} records", where=path, hint="give the train.jsonl of a model folder"
         )
     return curves
 
 
-def plot_curves(log: str, out: str) -> None:
+def _color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def _ylabel(curves: dict[str, Any]) -> str:
+    return "loss (nats per token)" if set(curves) <= set(LOSSES) else ", ".join(curves)
+
+
+def plot_curves(log: str, out: str, keys: Sequence[str] | None = None) -> None:
     """Write the curves of ``log`` to ``out`` (.svg built in, .png with matplotlib)."""
-    curves = read_curves(log)
+    curves = read_curves(log, keys)
     if out.endswith(".svg"):
         from nlpkit.io.files import write_bytes_atomic
 
@@ -96,18 +112,19 @@ def svg(curves: dict[str, list[tuple[float, float]]], title: str = "training") -
     mid = (TOP + H - BOTTOM) / 2
     out.append(
         f'<text x="18" y="{mid}" transform="rotate(-90 18 {mid})" text-anchor="middle">'
-        "loss (nats per token)</text>"
+        f"{escape(_ylabel(curves))}</text>"
     )
     for i, (key, pts) in enumerate((k, v) for k, v in curves.items() if v):
+        color = _color(list(curves).index(key))
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
-        out.append(f'<polyline points="{path}" fill="none" stroke="{COLORS[key]}" stroke-width="1.8"/>')
-        if key == "val_loss":
-            out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{COLORS[key]}"/>' for x, y in pts]
-        ly, color = TOP + 8 + 18 * i, COLORS[key]
+        out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.8"/>')
+        if key.startswith("val_"):
+            out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{color}"/>' for x, y in pts]
+        ly = TOP + 8 + 18 * i
         out.append(
             f'<line x1="{W - 190}" y1="{ly}" x2="{W - 165}" y2="{ly}" stroke="{color}" stroke-width="3"/>'
         )
-        out.append(f'<text x="{W - 158}" y="{ly + 4}">{LABELS[key]}</text>')
+        out.append(f'<text x="{W - 158}" y="{ly + 4}">{escape(LABELS.get(key, key))}</text>')
     return "\n".join([*out, "</svg>"]) + "\n"
 
 
@@ -121,12 +138,12 @@ def _png(curves: dict[str, list[tuple[float, float]]], out: str) -> None:
 
     fig: Any
     fig, ax = plt.subplots(figsize=(7.2, 4.2), dpi=100)
-    for key, pts in curves.items():
+    for i, (key, pts) in enumerate(curves.items()):
         if pts:
-            marker = "o" if key == "val_loss" else None
-            ax.plot(*zip(*pts, strict=True), label=LABELS[key], color=COLORS[key], marker=marker)
+            marker = "o" if key.startswith("val_") else None
+            ax.plot(*zip(*pts, strict=True), label=LABELS.get(key, key), color=_color(i), marker=marker)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per token)")
+    ax.set_ylabel(_ylabel(curves))
     ax.grid(alpha=0.3)
     ax.legend()
     with atomic_open(out) as f:
