@@ -33,16 +33,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nlpkit.data.sentiment import judge  # noqa: E402
-from nlpkit.io.records import read_records  # noqa: E402
-from nlpkit.lm.lora import adapters_disabled, load_adapter  # noqa: E402
-from nlpkit.lm.model import load_model  # noqa: E402
-from nlpkit.store.resolve import resolve_model  # noqa: E402
-from nlpkit.text.chat_template import ChatTemplate  # noqa: E402
-from nlpkit.text.tokenizer import load as load_tokenizer  # noqa: E402
-from nlpkit.tune import ppo  # noqa: E402
-from nlpkit.tune.pairs import PairSet, read_pairs, render  # noqa: E402
-from nlpkit.tune.reward import RewardModel, Scorer  # noqa: E402
+from nlpkit.data.sentiment import judge
+from nlpkit.io.records import read_records
+from nlpkit.lm.lora import adapters_disabled, load_adapter
+from nlpkit.lm.model import load_model
+from nlpkit.store.resolve import resolve_model
+from nlpkit.text.chat_template import ChatTemplate
+from nlpkit.text.tokenizer import load as load_tokenizer
+from nlpkit.tune import ppo
+from nlpkit.tune.pairs import PairSet, read_pairs, render
+from nlpkit.tune.reward import RewardModel, Scorer
 
 
 def records(paths: list[str]) -> list[dict[str, Any]]:
@@ -113,15 +113,18 @@ def logps_of(
     with torch.inference_mode():
         for i in range(0, len(prompts), batch):
             p, r = prompts[i : i + batch], responses[i : i + batch]
-            ids, plen, tokens, mask = ppo.assemble(p, r, 2, "cpu")
+            ids, plen, tokens, _ = ppo.assemble(p, r, 2, "cpu")
             logp, _ = ppo.response_logps(policy(ids, plen, tokens.size(1))[0], tokens)
             out += [logp[b, : len(r[b])].numpy() for b in range(len(r))]
     return out
 
 
+Row = dict[str, Any]
+
+
 def evaluate_policy(name: str, adapter: str | None, args: argparse.Namespace, sft: Path,
                     prompts: list[tuple[str, list[int]]], tok: Any, base_policy: Any,
-                    judges: dict[str, Any], scorer: Scorer) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+                    judges: dict[str, Any], scorer: Scorer) -> tuple[Row, list[Row]]:  # fmt: skip
     lm, _ = load_model(sft)
     if adapter:
         load_adapter(lm, adapter)
@@ -213,7 +216,8 @@ def main() -> None:
         print("| policy | reward (mean ± sd) | gain (SFT sd) | KL/token to SFT | VADER favourable | "
               "AFINN favourable | base ppl (× SFT) |\n|---|---|---|---|---|---|---|")  # fmt: skip
         for r in rows:
-            print(f"| {r['policy']} | {r['reward_mean']:.2f} ± {r['reward_std']:.2f} | {r['reward_gain_in_sft_sd']:+.2f} | "
+            print(f"| {r['policy']} | {r['reward_mean']:.2f} ± {r['reward_std']:.2f} | "
+                  f"{r['reward_gain_in_sft_sd']:+.2f} | "
                   f"{r['kl_per_token']:.3f} | {r['vader_favourable']:.0%} | {r['afinn_favourable']:.0%} | "
                   f"{r['base_ppl']:.1f} ({r['ppl_ratio_to_sft']:.2f}×) |")  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
