@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all check setup lint format test test-slow docs bench bench-chat bench-serve bench-lora bench-quantize clean
+.PHONY: all check setup lint format test test-slow docs bench bench-chat bench-serve bench-lora bench-rlhf bench-quantize clean
 
 all: check
 
@@ -63,6 +63,12 @@ bench-lora: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/bench_lora.py
 	$(BIN)/python bench/bench_trivia.py
+
+# Reward model and DPO against TRL's RewardTrainer / DPOTrainer (needs `nlpkit models pull
+# smollm2-135m-instruct` and `nlpkit data pull rotten-tomatoes`; trl is not in the bench extra).
+bench-rlhf: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python bench/bench_rlhf.py
 
 # int4/int8 ONNX Runtime decoding against ONNX Runtime GenAI's int4 model and llama.cpp (GENAI_PYTHON:
 # a venv with onnxruntime-genai==0.18.0, transformers, onnx, onnx_ir and torch==2.13.0).
