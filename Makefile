@@ -65,7 +65,7 @@ bench-lora: $(STAMP)
 	$(BIN)/python bench/bench_trivia.py
 
 # Reward model and DPO against TRL's RewardTrainer / DPOTrainer (needs `nlpkit models pull
-# smollm2-135m-instruct` and `nlpkit data pull rotten-tomatoes`; trl is not in the bench extra).
+# smollm2-135m-instruct` and `nlpkit data pull rotten-tomatoes`; TRL comes with the bench extra).
 bench-rlhf: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/bench_rlhf.py

@@ -97,7 +97,12 @@ MaxSteps = Annotated[
 ]
 MaxTime = Annotated[
     str | None,
-    typer.Option("--max-time", help="Stop after this much training: 90, 90s, 5m, 2h.", show_default=False),
+    typer.Option(
+        "--max-time",
+        help="Stop after this much training: 90, 90s, 5m, 2h. The learning rate then follows the clock, "
+        "so a resumed run is not bitwise the same as an unbroken one (with --max-steps it is).",
+        show_default=False,
+    ),
 ]
 EvalInterval = Annotated[
     int | None, typer.Option("--eval-interval", min=1, help="Steps between evaluations.", show_default=False)

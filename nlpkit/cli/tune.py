@@ -271,8 +271,8 @@ def _report(summary: dict[str, Any], output: str, keys: tuple[str, ...]) -> None
     if os.environ.get("RANK", "0") != "0":
         return
     print(json.dumps(summary), flush=True)
-    shown = ", ".join(f"{k} {summary[k]:.4f}" for k in keys if isinstance(summary.get(k), float))
-    say(f"{summary['step']} steps, {shown}, {summary.get('tokens_per_s')} tokens/s: {output}")
+    shown = [f"{k} {summary[k]:.4f}" for k in keys if isinstance(summary.get(k), float)]
+    say(", ".join([f"{summary['step']} steps", *shown, f"{summary.get('tokens_per_s')} tokens/s"]) + f": {output}")
 
 
 @rlhf_app.command("sft")

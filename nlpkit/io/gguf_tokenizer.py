@@ -42,9 +42,9 @@ def from_gguf(path: str | os.PathLike[str]) -> Tokenizer:
     name = os.fspath(path)
     meta = read_metadata(name)
     kind = meta.get("tokenizer.ggml.model")
-    if kind != "gpt2":
+    if not isinstance(kind, str) or kind != "gpt2":  # an array here must not reach ``!=``
         raise DataError(
-            f"unsupported GGUF tokenizer model {kind!r}",
+            f"unsupported GGUF tokenizer model {kind if isinstance(kind, str) else type(kind).__name__!r}",
             where=name,
             hint="only byte-level BPE (tokenizer.ggml.model = gpt2) can be rebuilt",
         )
@@ -67,7 +67,9 @@ def from_gguf(path: str | os.PathLike[str]) -> Tokenizer:
         tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs))
     except Exception as e:
         raise DataError(f"cannot build the BPE ({str(e)[:200]})", where=name) from None
-    pre = str(meta.get("tokenizer.ggml.pre", "default"))
+    pre = meta.get("tokenizer.ggml.pre", "default")
+    if not isinstance(pre, str):
+        raise DataError(f"tokenizer.ggml.pre must be a string, not {type(pre).__name__}", where=name)
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if pre == "qwen2":
         tok.normalizer = normalizers.NFC()

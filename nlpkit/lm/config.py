@@ -4,6 +4,7 @@ without torch."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ CELLS = ("lstm", "gru", "rnn")
 MODEL_TYPES = {"lstm": "nlpkit-lstm", "llama": "llama", "seq2seq": "nlpkit-seq2seq"}
 LIMITS = {"vocab_size": 1 << 22, "block_size": 1 << 20, "n_layer": 1024, "n_embd": 1 << 16, "n_head": 1024,
           "head_dim": 4096, "intermediate_size": 1 << 20}  # fmt: skip
+# block_size x head size: 2**27 (1.5 GiB of float32 tables) admits a 1M context with heads of 128
+MAX_ROTARY = 1 << 27
 IGNORE = -100  # target id that takes no part in the loss (Hugging Face's convention)
 
 
@@ -49,8 +52,19 @@ class ModelConfig:
         if self.arch not in ARCHS:
             raise UsageError(f"unknown architecture {self.arch!r}", hint=f"use one of {', '.join(ARCHS)}")
         for name in ("vocab_size", "block_size", "n_layer", "n_embd", "n_head"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if not _positive_int(getattr(self, name)):
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
+        for name in ("n_kv_head", "head_dim", "intermediate_size"):  # None: derived from the others
+            value = getattr(self, name)
+            if value is not None and not _positive_int(value):
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, not {value!r}")
+        for name, least in (("rope_theta", 1.0), ("norm_eps", 0.0)):  # NaN here is NaN in every logit
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UsageError(f"{name} must be a number, not {value!r}")
+            if not (math.isfinite(value) and value > 0 and value >= least):
+                want = f"at least {least:g}" if least else "above 0"
+                raise UsageError(f"{name} must be finite and {want}, not {value!r}")
         for name, most in LIMITS.items():  # a width in the hundreds of millions is a typo, not a model
             value = getattr(self, name)
             if value is not None and value > most:
@@ -67,6 +81,11 @@ class ModelConfig:
             raise UsageError(f"--n-head {self.n_head} is not a multiple of --n-kv-head {self.kv_heads}")
         if self.hs % 2:
             raise UsageError(f"the head size ({self.hs}) must be even for rotary embeddings")
+        if self.block_size * self.hs > MAX_ROTARY:  # the cos/sin tables hold block_size x head size
+            raise UsageError(
+                f"--block-size {self.block_size} x head size {self.hs} is over the limit of {MAX_ROTARY} "
+                "rotary table entries"
+            )
 
     @property
     def kv_heads(self) -> int:
@@ -169,3 +188,7 @@ def read_config(folder: str | Path) -> ModelConfig:
     if not isinstance(data, dict):
         raise DataError("config.json is not a JSON object", where=str(path))
     return ModelConfig.from_hf(data, str(path))
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

@@ -19,14 +19,20 @@ Nothing here needs torch: numpy does the arithmetic.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nlpkit.errors import DataError, UsageError
+from nlpkit.lm.config import LIMITS, MAX_ROTARY
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from nlpkit.io.gguf import TensorInfo
 
 
 # llama.cpp name (per block) -> Hugging Face name; "{}" is the layer number
@@ -49,6 +55,9 @@ _TOP_NAMES = {
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
+# "blk.N.rest" with N in plain ASCII digits, no leading zero: "blk.01." or "blk.١." would
+# otherwise name layer 1 a second time
+_BLOCK = re.compile(r"blk\.(0|[1-9][0-9]{0,8})\.(.+)", re.ASCII | re.DOTALL)
 # Files that make a folder a chat model, beside config.json and model.safetensors.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -57,9 +66,9 @@ def hf_name(gguf_name: str) -> str | None:
     """The Hugging Face tensor name of a llama.cpp one (None: not a weight we know)."""
     if gguf_name in _TOP_NAMES:
         return _TOP_NAMES[gguf_name]
-    parts = gguf_name.split(".", 2)
-    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _BLOCK_NAMES:
-        return f"model.layers.{int(parts[1])}.{_BLOCK_NAMES[parts[2]]}"
+    m = _BLOCK.fullmatch(gguf_name)
+    if m and m[2] in _BLOCK_NAMES:
+        return f"model.layers.{m[1]}.{_BLOCK_NAMES[m[2]]}"
     return None
 
 
@@ -79,47 +88,132 @@ def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 ARCHITECTURES = ("llama", "qwen2")  # GGUF general.architecture values nlpkit converts
+# config.json key -> (its GGUF key under the architecture, the name of its bound in LIMITS)
+_COUNTS = {
+    "num_hidden_layers": ("block_count", "n_layer"),
+    "hidden_size": ("embedding_length", "n_embd"),
+    "intermediate_size": ("feed_forward_length", "intermediate_size"),
+    "num_attention_heads": ("attention.head_count", "n_head"),
+    "num_key_value_heads": ("attention.head_count_kv", "n_head"),
+    "head_dim": ("rope.dimension_count", "head_dim"),
+    "vocab_size": ("vocab_size", "vocab_size"),
+    "max_position_embeddings": ("context_length", "block_size"),
+}
+
+
+def _shown(value: Any) -> str:
+    """A metadata value of the wrong type for a one-line message: its type, then its start."""
+    text = " ".join(repr(value).split())
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
 def config_from_gguf(meta: Any, path: str) -> dict[str, Any]:
     """config.json (Hugging Face's LlamaConfig or Qwen2Config keys) from ``llama.*`` or
-    ``qwen2.*`` GGUF metadata."""
+    ``qwen2.*`` GGUF metadata.
+
+    Each value is checked on its own here: counts are integers of at least 1 that fit together
+    (heads divide, head size even), the vocabulary is the token list's length, the RoPE base and
+    norm epsilon are finite and positive. ``check_counts`` checks them against the tensors.
+    """
     arch = meta.get("general.architecture")
-    if arch not in ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise DataError(
-            f"GGUF architecture {arch!r} is not supported",
+            f"GGUF architecture {repr(arch) if arch is None or isinstance(arch, str) else _shown(arch)} "
+            "is not supported",
             where=path,
             hint="nlpkit converts llama and qwen2 models",
         )
 
-    def num(key: str, kind: type, default: Any = None) -> Any:
+    def value_of(key: str, default: Any) -> Any:
         value = meta.get(f"{arch}.{key}", default)
         if value is None:
             raise DataError(f"GGUF metadata lacks {arch}.{key}", where=path)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise DataError(f"{arch}.{key} must be a number, not {type(value).__name__}", where=path)
-        return kind(value)
+        return value
 
-    n_head = num("attention.head_count", int)
-    hidden = num("embedding_length", int)
+    def count(key: str, default: int | None = None) -> int:
+        value = value_of(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DataError(f"{arch}.{key} must be an integer, not {_shown(value)}", where=path)
+        if value < 1:
+            raise DataError(f"{arch}.{key} is {value}, expected at least 1", where=path)
+        return value
+
+    def real(key: str, default: float | None, least: float) -> float:
+        """A finite number above 0, and at least ``least``."""
+        value = value_of(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise DataError(f"{arch}.{key} must be a number, not {_shown(value)}", where=path)
+        if not (math.isfinite(value) and value > 0 and value >= least):
+            want = f"a finite number of at least {least:g}" if least else "a finite number above 0"
+            raise DataError(f"{arch}.{key} is {value!r}, expected {want}", where=path)
+        return float(value)
+
     tokens = meta.get("tokenizer.ggml.tokens")
-    vocab = num("vocab_size", int, len(tokens) if tokens is not None else None)
-    rope_dim = num("rope.dimension_count", int, hidden // max(n_head, 1))
-    if meta.get(f"{arch}.rope.scaling.type") not in (None, "none"):
+    if tokens is None:
+        raise DataError("GGUF metadata lacks tokenizer.ggml.tokens", where=path)
+    if isinstance(tokens, str) or not isinstance(tokens, Sequence):
+        raise DataError(
+            f"tokenizer.ggml.tokens must be an array of strings, not {_shown(tokens)}", where=path
+        )
+    if not tokens:
+        raise DataError("tokenizer.ggml.tokens is empty", where=path)
+    vocab = count("vocab_size", len(tokens))
+    if vocab != len(tokens):
+        raise DataError(
+            f"{arch}.vocab_size is {vocab} but tokenizer.ggml.tokens holds {len(tokens)} tokens", where=path
+        )
+    hidden = count("embedding_length")
+    n_head = count("attention.head_count")
+    if f"{arch}.rope.dimension_count" in meta:
+        head_dim, whence = count("rope.dimension_count"), f"{arch}.rope.dimension_count"
+    elif hidden % n_head:
+        raise DataError(
+            f"{arch}.attention.head_count {n_head} does not divide {arch}.embedding_length {hidden}",
+            where=path,
+        )
+    else:
+        head_dim, whence = hidden // n_head, f"{arch}.embedding_length / {arch}.attention.head_count"
+    if head_dim % 2:
+        raise DataError(
+            f"the head size {head_dim} ({whence}) is odd; rotary embeddings need it even", where=path
+        )
+    n_kv = count("attention.head_count_kv", n_head)
+    if n_head % n_kv:
+        raise DataError(
+            f"{arch}.attention.head_count_kv {n_kv} does not divide {arch}.attention.head_count {n_head}",
+            where=path,
+        )
+    context = count("context_length")  # no tensor to check it against: bounded here
+    if context > LIMITS["block_size"]:
+        raise DataError(
+            f"{arch}.context_length is {context}, over nlpkit's limit of {LIMITS['block_size']}", where=path
+        )
+    if context * head_dim > MAX_ROTARY:  # the rotary tables nlpkit builds hold context x head size
+        raise DataError(
+            f"{arch}.context_length {context} x the head size {head_dim} is over nlpkit's limit of "
+            f"{MAX_ROTARY} rotary table entries",
+            where=path,
+        )
+    scaling = meta.get(f"{arch}.rope.scaling.type")
+    if scaling is not None and not isinstance(scaling, str):
+        raise DataError(f"{arch}.rope.scaling.type must be a string, not {_shown(scaling)}", where=path)
+    if scaling not in (None, "none"):
         raise DataError("GGUF models with RoPE scaling are not supported", where=path)
+    eps = real("attention.layer_norm_rms_epsilon", None, 0.0)
     cfg = {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
         "vocab_size": vocab,
-        "max_position_embeddings": num("context_length", int),
-        "num_hidden_layers": num("block_count", int),
+        "max_position_embeddings": context,
+        "num_hidden_layers": count("block_count"),
         "hidden_size": hidden,
-        "intermediate_size": num("feed_forward_length", int),
+        "intermediate_size": count("feed_forward_length"),
         "num_attention_heads": n_head,
-        "num_key_value_heads": num("attention.head_count_kv", int, n_head),
-        "head_dim": rope_dim,
-        "rope_theta": num("rope.freq_base", float, 10000.0),
-        "rms_norm_eps": float(f"{num('attention.layer_norm_rms_epsilon', float):.6g}"),  # f32 -> 1e-05
+        "num_key_value_heads": n_kv,
+        "head_dim": head_dim,
+        # below 1 the frequencies 1/base**(i/d) overflow float32 to inf and every logit is NaN
+        "rope_theta": real("rope.freq_base", 10000.0, 1.0),
+        "rms_norm_eps": float(f"{eps:.6g}"),  # f32 -> 1e-05
         "hidden_act": "silu",
         "attention_bias": False,
         "mlp_bias": False,
@@ -138,41 +232,104 @@ def config_from_gguf(meta: Any, path: str) -> dict[str, Any]:
     return cfg
 
 
+def check_counts(tensors: Mapping[str, TensorInfo], cfg: dict[str, Any], arch: str, path: str) -> None:
+    """Check the counts of ``cfg`` (from ``config_from_gguf``) against the tensors the file holds,
+    before any of them sizes an allocation: a file that claims 10**9 layers and holds 2 is a
+    ``DataError`` naming the key, not a conversion that allocates until the kernel kills it."""
+
+    def key(ours: str) -> str:
+        return f"{arch}.{_COUNTS[ours][0]}"
+
+    layers = {int(m[1]) for name in tensors if (m := _BLOCK.fullmatch(name))}
+    n_layer = cfg["num_hidden_layers"]
+    if n_layer != len(layers):
+        raise DataError(
+            f"{key('num_hidden_layers')} is {n_layer} but the file holds {len(layers)} layers", where=path
+        )
+    if layers != set(range(n_layer)):
+        gap = min(set(range(n_layer)) - layers)
+        raise DataError(
+            f"the file's {n_layer} layers are not blk.0 to blk.{n_layer - 1}: no blk.{gap}", where=path
+        )
+    embd = tensors["token_embd.weight"].shape if "token_embd.weight" in tensors else None
+    if embd is None or len(embd) != 2:
+        raise DataError(f"GGUF lacks a 2-D token_embd.weight (it has {embd})", where=path)
+    if cfg["hidden_size"] != embd[1]:
+        raise DataError(
+            f"{key('hidden_size')} is {cfg['hidden_size']} but token_embd.weight is {embd[1]} wide",
+            where=path,
+        )
+    if cfg["vocab_size"] != embd[0]:
+        raise DataError(
+            f"tokenizer.ggml.tokens holds {cfg['vocab_size']} tokens but token_embd.weight has "
+            f"{embd[0]} rows",
+            where=path,
+        )
+    hs = cfg["head_dim"]
+    for proj, ours in (("attn_q", "num_attention_heads"), ("attn_k", "num_key_value_heads")):
+        info = tensors.get(f"blk.0.{proj}.weight")
+        if info is not None and info.shape[0] != cfg[ours] * hs:
+            raise DataError(
+                f"{key(ours)} is {cfg[ours]}: {cfg[ours]} heads of {hs} make {cfg[ours] * hs} rows, but "
+                f"blk.0.{proj}.weight has {info.shape[0]}",
+                where=path,
+            )
+    info = tensors.get("blk.0.ffn_gate.weight")
+    if info is not None and info.shape[0] != cfg["intermediate_size"]:
+        raise DataError(
+            f"{key('intermediate_size')} is {cfg['intermediate_size']} but blk.0.ffn_gate.weight has "
+            f"{info.shape[0]} rows",
+            where=path,
+        )
+    for ours, (gguf_key, limit) in _COUNTS.items():  # the bounds ModelConfig loads a folder under
+        if cfg[ours] > LIMITS[limit]:
+            raise DataError(
+                f"{arch}.{gguf_key} is {cfg[ours]}, over nlpkit's limit of {LIMITS[limit]}", where=path
+            )
+
+
 def gguf_to_folder(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """Convert a llama GGUF file into an nlpkit model folder; returns its config.json."""
+    """Convert a llama GGUF file into an nlpkit model folder; returns its config.json.
+
+    Everything is checked before anything is allocated from the metadata or decoded: the
+    metadata (``config_from_gguf``), its counts against the tensors (``check_counts``), every
+    tensor's shape, the config as nlpkit loads it, and the tokenizer.
+    """
     import numpy as np
 
     from nlpkit.io.gguf import read_gguf
     from nlpkit.io.gguf_tokenizer import from_gguf
     from nlpkit.io.talk import Progress
     from nlpkit.io.tensors import provenance, save_tensors, sha256_file
+    from nlpkit.lm.config import ModelConfig
 
     name = os.fspath(path)
     out = Path(folder)
     gg = read_gguf(name)
     cfg = config_from_gguf(gg.metadata, name)
+    targets = {t: hf_name(t) for t in gg.tensors}
+    skipped = [t for t, target in targets.items() if target is None]
+    if any(not s.startswith("rope_") for s in skipped):
+        raise DataError(f"GGUF holds tensors nlpkit does not know: {', '.join(skipped[:4])}", where=name)
+    cfg["tie_word_embeddings"] = "output.weight" not in gg.tensors
+    check_counts(gg.tensors, cfg, gg.metadata["general.architecture"], name)
+    _check_shapes({target: gg.tensors[t].shape for t, target in targets.items() if target}, cfg, name)
+    ModelConfig.from_hf(cfg, name)  # what loading the folder will check
+    tok = from_gguf(name)
     heads = {"q_proj": cfg["num_attention_heads"], "k_proj": cfg["num_key_value_heads"]}
     if cfg["model_type"] == "qwen2":  # llama.cpp keeps qwen2's rows as they are (NeoX-style RoPE)
         heads = {}
     state: dict[str, np.ndarray] = {}
-    skipped = []
     with Progress("dequantizing", total=len(gg.tensors), unit=" tensors") as progress:
-        for tname in gg.tensors:
+        for tname, target in targets.items():
             progress.advance(1)
-            target = hf_name(tname)
             if target is None:
-                skipped.append(tname)
                 continue
             w = gg.tensor(tname)
             proj = target.rsplit(".", 2)[-2]
             if proj in heads:
                 w = unpermute_rows(w, heads[proj])
             state[target] = np.ascontiguousarray(w, dtype=np.float32)
-    if skipped and any(not s.startswith("rope_") for s in skipped):
-        raise DataError(f"GGUF holds tensors nlpkit does not know: {', '.join(skipped[:4])}", where=name)
-    cfg["tie_word_embeddings"] = "lm_head.weight" not in state
-    _check_shapes(state, cfg, name)
-    tok = from_gguf(name)
     out.mkdir(parents=True, exist_ok=True)
     meta = provenance(
         format="pt", **{"nlpkit.source": Path(name).name, "nlpkit.source_sha256": sha256_file(name)}
@@ -183,7 +340,9 @@ def gguf_to_folder(path: str | os.PathLike[str], folder: str | os.PathLike[str])
     return cfg
 
 
-def _check_shapes(state: dict[str, Any], cfg: dict[str, Any], path: str) -> None:
+def _check_shapes(shapes: dict[str, tuple[int, ...]], cfg: dict[str, Any], path: str) -> None:
+    """Every tensor the config needs, each of the shape it needs, and no others (``check_counts``
+    has bounded the layers this loops over)."""
     C, hs = cfg["hidden_size"], cfg["head_dim"]
     F, V = cfg["intermediate_size"], cfg["vocab_size"]
     q, kv = cfg["num_attention_heads"] * hs, cfg["num_key_value_heads"] * hs
@@ -202,15 +361,17 @@ def _check_shapes(state: dict[str, Any], cfg: dict[str, Any], path: str) -> None
         if cfg["model_type"] == "qwen2":
             want |= {p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
                      p + "self_attn.v_proj.bias": (kv,)}  # fmt: skip
-    missing = sorted(set(want) - set(state))
+    missing = sorted(set(want) - set(shapes))
     if missing:
         raise DataError(f"GGUF lacks {len(missing)} tensors the config needs, e.g. {missing[0]}", where=path)
     for k, shape in want.items():
-        if tuple(state[k].shape) != shape:
-            raise DataError(f"{k} has shape {tuple(state[k].shape)}, the config says {shape}", where=path)
-    extra = sorted(set(state) - set(want))
+        if tuple(shapes[k]) != shape:
+            raise DataError(f"{k} has shape {tuple(shapes[k])}, the config says {shape}", where=path)
+    extra = sorted(set(shapes) - set(want))
     if extra:
-        raise DataError(f"GGUF has layers beyond block_count, e.g. {extra[0]}", where=path)
+        raise DataError(
+            f"GGUF has tensors this {cfg['model_type']} config has no use for, e.g. {extra[0]}", where=path
+        )
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -236,7 +397,7 @@ def _write_tokenizer_files(out: Path, tok: Any, meta: Any, cfg: dict[str, Any]) 
     tcfg: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": cfg["max_position_embeddings"],
-        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+        "add_bos_token": meta.get("tokenizer.ggml.add_bos_token") is True,
         "clean_up_tokenization_spaces": False,
         **special,
     }
