@@ -272,7 +272,8 @@ def _report(summary: dict[str, Any], output: str, keys: tuple[str, ...]) -> None
         return
     print(json.dumps(summary), flush=True)
     shown = [f"{k} {summary[k]:.4f}" for k in keys if isinstance(summary.get(k), float)]
-    say(", ".join([f"{summary['step']} steps", *shown, f"{summary.get('tokens_per_s')} tokens/s"]) + f": {output}")
+    speed = f"{summary.get('tokens_per_s')} tokens/s"
+    say(", ".join([f"{summary['step']} steps", *shown, speed]) + f": {output}")
 
 
 @rlhf_app.command("sft")
