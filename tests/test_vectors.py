@@ -248,3 +248,41 @@ def test_lazy_vocabulary_agrees_with_the_index(tmp_path_factory, ws) -> None:
         assert lazy.word(i) == w
         assert lazy.lookup(w, fold_case=False) == eager.index[w]  # first occurrence wins
     assert lazy.lookup("\n") is None and lazy.lookup("") is None
+
+
+def test_plot_vectors_draws_the_words_and_the_parallelogram(tmp_path) -> None:
+    """PCA to 2-D: the words drawn; king - man + woman ~ queen as two parallel arrows."""
+    import re
+
+    import numpy as np
+
+    from nlpkit.vectors.picture import project
+    from nlpkit.vectors.wordvectors import WordVectors
+    from tests.conftest import run_cli
+
+    # (royal, male, female, person): every norm sqrt(2), so king - man = queen - woman holds for
+    # the unit vectors the picture projects too
+    words = {"king": [1, 1, 0, 0], "queen": [1, 0, 1, 0], "man": [0, 1, 0, 1], "woman": [0, 0, 1, 1],
+             "prince": [1, 1, 0, 0.3]}  # fmt: skip
+    path = str(tmp_path / "t.safetensors")
+    WordVectors(list(words), np.array(list(words.values()), dtype=np.float32)).save(path)
+    out = tmp_path / "v.svg"
+    r = run_cli("plot", "--vectors", path, "--words", "king,man,woman,queen,prince", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    svg = out.read_text()
+    for w in ("king", "man", "woman", "queen", "prince"):
+        assert f">{w}</text>" in svg
+    arrows = re.findall(
+        r'<line x1="([\d.]+)" y1="([\d.]+)" x2="([\d.]+)" y2="([\d.]+)" stroke="#d62728"', svg
+    )
+    lines = [np.array([float(v) for v in p]) for p in arrows]
+    assert len(lines) == 2
+    ab, cd = (line[2:] - line[:2] for line in lines)  # man -> king and woman -> queen: the same move
+    assert np.allclose(ab, cd, atol=1.0)
+    xy = project(np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], dtype=float))
+    assert xy.shape == (4, 2)
+    bad = run_cli("plot", "--vectors", path, "--words", "king,nosuchword,man", "-o", str(out))
+    assert bad.returncode == 2 and b"not in the vocabulary: nosuchword" in bad.stderr
+    bad = run_cli("plot", "--vectors", path, "--words", "king,man", "-o", str(out))
+    assert bad.returncode == 2 and b"at least three" in bad.stderr
+    assert run_cli("plot", "-o", str(out)).returncode == 2

@@ -354,7 +354,7 @@ def eval_cmd(
 def plot_cmd(
     log: Annotated[
         str, typer.Argument(help="A train.jsonl (or a model folder holding one).", show_default=False)
-    ],
+    ] = "",
     output: Annotated[
         str, typer.Option("-o", "--output", help="The picture: .svg (built in) or .png (matplotlib).")
     ] = "curves.svg",
@@ -368,12 +368,42 @@ def plot_cmd(
             show_default=False,
         ),
     ] = None,
+    vectors: Annotated[
+        str | None,
+        typer.Option(
+            "--vectors",
+            help="Draw word vectors instead (a named asset or a vectors file): --words projected to "
+            "2-D by PCA, with king - man + woman ~ queen drawn when those words are there.",
+            show_default=False,
+        ),
+    ] = None,
+    words: Annotated[
+        str | None,
+        typer.Option("--words", help="With --vectors: comma-separated words.", show_default=False),
+    ] = None,
 ) -> None:
-    """Training and validation loss curves of a run as a picture (or any logged numbers).
+    """Training and validation loss curves of a run as a picture (or any logged numbers), or
+    with --vectors a 2-D picture of word vectors.
 
     Example: nlpkit plot shakespeare/train.jsonl -o curves.svg
+    Example: nlpkit plot --vectors glove-6b-50d --words king,queen,man,woman,prince,princess -o analogy.svg
     """
     from pathlib import Path
+
+    if vectors:
+        from nlpkit.io.talk import say
+        from nlpkit.vectors.picture import plot_vectors
+        from nlpkit.vectors.wordvectors import load_vectors
+
+        if log or metric:
+            raise UsageError("--vectors draws word vectors: give no train.jsonl or --metric")
+        drawn = plot_vectors(load_vectors(vectors), words.split(",") if words else None, output)
+        say(f"wrote {output}: {len(drawn)} words")
+        return
+    if words:
+        raise UsageError("--words needs --vectors")
+    if not log:
+        raise UsageError("give a train.jsonl (or a model folder), or --vectors")
 
     from nlpkit.lm.train.curves import plot_curves
 

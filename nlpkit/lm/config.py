@@ -10,14 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from nlpkit.errors import DataError, InputMissing, UsageError
+from nlpkit.io.limits import LIMITS, MAX_ROTARY
 
 ARCHS = ("lstm", "llama", "seq2seq")
 CELLS = ("lstm", "gru", "rnn")
 MODEL_TYPES = {"lstm": "nlpkit-lstm", "llama": "llama", "seq2seq": "nlpkit-seq2seq"}
-LIMITS = {"vocab_size": 1 << 22, "block_size": 1 << 20, "n_layer": 1024, "n_embd": 1 << 16, "n_head": 1024,
-          "head_dim": 4096, "intermediate_size": 1 << 20}  # fmt: skip
-# block_size x head size: 2**27 (1.5 GiB of float32 tables) admits a 1M context with heads of 128
-MAX_ROTARY = 1 << 27
 IGNORE = -100  # target id that takes no part in the loss (Hugging Face's convention)
 
 

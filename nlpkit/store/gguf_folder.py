@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nlpkit.errors import DataError, UsageError
-from nlpkit.lm.config import LIMITS, MAX_ROTARY
+from nlpkit.io.limits import LIMITS, MAX_ROTARY
 
 if TYPE_CHECKING:
     import numpy as np
@@ -301,7 +301,6 @@ def gguf_to_folder(path: str | os.PathLike[str], folder: str | os.PathLike[str])
     from nlpkit.io.gguf_tokenizer import from_gguf
     from nlpkit.io.talk import Progress
     from nlpkit.io.tensors import provenance, save_tensors, sha256_file
-    from nlpkit.lm.config import ModelConfig
 
     name = os.fspath(path)
     out = Path(folder)
@@ -314,7 +313,6 @@ def gguf_to_folder(path: str | os.PathLike[str], folder: str | os.PathLike[str])
     cfg["tie_word_embeddings"] = "output.weight" not in gg.tensors
     check_counts(gg.tensors, cfg, gg.metadata["general.architecture"], name)
     _check_shapes({target: gg.tensors[t].shape for t, target in targets.items() if target}, cfg, name)
-    ModelConfig.from_hf(cfg, name)  # what loading the folder will check
     tok = from_gguf(name)
     heads = {"q_proj": cfg["num_attention_heads"], "k_proj": cfg["num_key_value_heads"]}
     if cfg["model_type"] == "qwen2":  # llama.cpp keeps qwen2's rows as they are (NeoX-style RoPE)
