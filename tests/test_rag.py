@@ -659,8 +659,12 @@ def test_the_current_folder_and_a_glob_store_the_same_names(tmp_path: Path, monk
     assert "files 7 added" in _summary(_index(tmp_path, "."))
     assert "files 0 added, 0 changed, 6 unchanged" in _summary(_index(tmp_path, "*.txt"))
     assert "files 0 added, 0 changed, 1 unchanged" in _summary(_index(tmp_path, "./sub/zephyr.md"))
-    with open_index(tmp_path / "kb.idx") as idx:
-        assert "note0.txt" in {p for (p,) in idx.conn.execute("SELECT path FROM documents")}
+    with open_index(tmp_path / "kb.idx") as idx:  # stored resolved, shown relative to the folder
+        assert str(docs.resolve() / "note0.txt") in {
+            p for (p,) in idx.conn.execute("SELECT path FROM documents")
+        }
+    r = _cli("rag-ask", str(tmp_path / "kb.idx"), "note 0 gardening", "--retrieve-only", "--json", "-k", "1")
+    assert json.loads(r.stdout)["chunks"][0]["path"] == "note0.txt"
 
 
 def test_lost_vector_rows_are_an_error_not_zero_vectors(tmp_path: Path) -> None:

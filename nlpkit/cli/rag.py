@@ -42,7 +42,13 @@ def rag_index_cmd(
         int | None, typer.Option("--overlap", help="Characters shared by consecutive chunks (default 150).")
     ] = None,
     sync: Annotated[
-        bool, typer.Option("--sync", help="Remove documents of the index that are no longer in SOURCES.")
+        bool,
+        typer.Option(
+            "--sync",
+            help="Remove the documents SOURCES cover that this run did not index (deleted or no longer "
+            "indexable): inside a folder source, a file source's own, those a pattern matches, the records "
+            "for '-'. Documents of other sources are kept; a folder or pattern with no documents is refused.",
+        ),
     ] = False,
     shard: Annotated[
         str | None,
@@ -74,9 +80,13 @@ def rag_index_cmd(
 ) -> None:
     """Build or update a retrieval index (SQLite FTS5 for BM25 + a memory-mapped vector file).
 
+    A file is identified by its resolved absolute path (docs, ./docs and /abs/docs are one
+    folder; a link named on the command line is its target); citations show it relative to
+    the current folder when it lies under it. A record is identified by its path or id.
+
     Incremental: unchanged files (same SHA-256) are skipped, changed ones re-embedded, and with
-    --sync vanished ones removed; the summary on stderr counts each. One run at a time per
-    INDEX (another exits 75 unless --wait); a killed run leaves a usable index.
+    --sync vanished ones under SOURCES removed; the summary on stderr counts each. One run at a
+    time per INDEX (another exits 75 unless --wait); a killed run leaves a usable index.
 
     Example: nlpkit rag-index docs/ -o docs.idx && nlpkit rag-ask docs.idx "How do I ...?"
     """
@@ -106,6 +116,7 @@ def rag_index_cmd(
     settings = {"encoder": model, "chunk_size": chunk_size, "overlap": overlap}
     shard_of = indexing.parse_shard(shard)  # a bad flag fails before anything is touched
     docs, total, skipped = _documents(sources, input_format, max_file_bytes, sync)
+    scope = indexing.SyncScope.of(sources or ["-"]) if sync else None
     with (
         rag.open_writer(output, settings, wait=wait, rebuild=rebuild, device=device, ann=ann) as writer,
         Progress("indexing", total=total, unit=" files") as progress,
@@ -113,7 +124,7 @@ def rag_index_cmd(
         summary = indexing.update(
             writer,
             docs,
-            sync=sync,
+            sync=scope,
             shard=shard_of,
             warn=say,
             max_bytes=max_file_bytes,
@@ -126,14 +137,14 @@ def rag_index_cmd(
 def _documents(
     sources: list[str] | None, input_format: str, max_bytes: int, sync: bool = False
 ) -> tuple[Any, float | None, int]:
-    """Documents from SOURCES (files, folders, globs) and/or JSONL records on stdin, their
-    number (None for records), and how many files the walk skipped (links, FIFOs, too big...)."""
+    """Documents from SOURCES (files, folders, globs; ``indexing.file_documents``) and/or JSONL
+    records on stdin, their number (None for records), and how many files the walk skipped
+    (links, FIFOs, too big...). With ``sync`` a folder or pattern without documents is refused."""
     import sys
 
     from nlpkit.io.records import read_records
     from nlpkit.io.talk import say
     from nlpkit.rag import indexing
-    from nlpkit.text.documents import discover
 
     names = list(sources or [])
     if not names:
@@ -149,14 +160,13 @@ def _documents(
         say(message)
         skips.append(": skipped (" in message)
 
-    found = list(discover(files, warn=warn, max_bytes=max_bytes, strict=sync))
-    docs = indexing.raw_documents(found)
+    found = indexing.file_documents(files, warn=warn, max_bytes=max_bytes, sync=sync)
     if "-" in names:
         records = indexing.records_as_documents(read_records(["-"], fmt=input_format))
         import itertools
 
-        return itertools.chain(docs, records), None, sum(skips)
-    return docs, float(len(found)), sum(skips)
+        return itertools.chain(found, records), None, sum(skips)
+    return found, float(len(found)), sum(skips)
 
 
 def _merge(sources: list[str] | None, output: str, wait: bool, ann: str | None) -> None:

@@ -8,7 +8,7 @@ An index is a folder::
     INDEX.lock             beside the folder, held (flock) by the one run that writes
 
     with open_writer("kb.idx", {"encoder": "minilm-l6-v2"}) as w:    # updates: nlpkit.rag.indexing
-        summary = update(w, raw_documents(discover(["docs/"])), sync=True)
+        summary = update(w, file_documents(["docs/"]), sync=SyncScope.of(["docs/"]))
 
 Crash safety (``kill -9`` at any instant leaves an index that ``rag-ask`` can use, and the
 next run repairs): the vector file is append-only; new rows are written and fsynced *before*
@@ -212,6 +212,22 @@ class Index:
         self.close()
 
 
+def display_path(key: str, cwd: str | None = None) -> str:
+    """How a citation shows the document stored under ``key``: relative to the current folder
+    when it lies under it (``docs/os.rst``, openable from there), else the key as stored (a
+    resolved absolute path, a record's label, or a path as typed in an older index)."""
+    if not os.path.isabs(key):
+        return key
+    if cwd is None:
+        try:
+            cwd = os.path.realpath(os.getcwd())
+        except OSError:  # the current folder was deleted
+            return key
+    if cwd == os.sep or not key.startswith(cwd + os.sep):
+        return key
+    return key[len(cwd) + 1 :]
+
+
 def open_index(folder: str | os.PathLike[str]) -> Index:
     """Open INDEX for reading (``rag-ask``); no lock needed, writers never block readers."""
     for attempt in range(3):
@@ -395,6 +411,15 @@ class IndexWriter(Index):
                 os.fsync(f.fileno())
         except OSError as e:
             raise IOFailure(f"cannot write vectors ({e.strerror})", where=str(path)) from None
+
+    def rename(self, renames: Sequence[tuple[int, str]]) -> None:
+        """Store documents under new keys (``(document id, key)``), in one transaction: an
+        old key found to name a document indexed under its resolved path (``indexing``)."""
+        if renames:
+            with self._transaction():
+                self.conn.executemany(
+                    "UPDATE documents SET path = ? WHERE id = ?", [(k, i) for i, k in renames]
+                )
 
     def remove(self, doc_ids: Iterable[int]) -> int:
         ids = list(doc_ids)

@@ -19,6 +19,7 @@ reference material only, never as instructions.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -42,7 +43,8 @@ STOPWORDS = frozenset(_STOP.split())
 
 @dataclass
 class Hit:
-    """One retrieved chunk; ``start``/``end`` are character offsets in the source file."""
+    """One retrieved chunk; ``start``/``end`` are character offsets in the source file, whose
+    ``path`` is shown relative to the current folder when it lies under it (``display_path``)."""
 
     chunk_id: int
     path: str
@@ -151,6 +153,9 @@ def retrieve(
 
 
 def _hits(index: Index, top: list[tuple[int, float]], ranks: list[dict[int, int]]) -> list[Hit]:
+    """The chunks ``top`` as hits, their paths shown as ``index.display_path`` shows them."""
+    from nlpkit.rag.index import display_path
+
     if not top:
         return []
     marks = ",".join("?" * len(top))
@@ -160,10 +165,15 @@ def _hits(index: Index, top: list[tuple[int, float]], ranks: list[dict[int, int]
         [cid for cid, _ in top],
     ).fetchall()
     by_id = {r[0]: r for r in rows}
+    try:
+        cwd = os.path.realpath(os.getcwd())
+    except OSError:
+        cwd = os.sep  # the current folder was deleted: keys are shown as stored
     hits = []
     for cid, score in top:
         if cid in by_id:
-            _, path, a, b, title, text = by_id[cid]
+            _, key, a, b, title, text = by_id[cid]
+            path = display_path(key, cwd)
             hits.append(
                 Hit(cid, path, a, b, title, text, round(score, 6), ranks[0].get(cid), ranks[1].get(cid))
             )

@@ -209,6 +209,7 @@ def fit(run: Run, out: Path, d: Dist) -> dict[str, Any]:
             "already_finished": True,
         }
     with StopFlag() as stop, Progress("training", total=cfg.max_steps, unit=" steps") as progress:
+        progress.advance(state.step)  # a resumed run starts where it stopped
         while True:
             signum, state.elapsed = d.all_max([stop.signum, base + time.perf_counter() - t0])
             if signum:
