@@ -405,3 +405,20 @@ def test_plot_draws_any_logged_number(base: Path, rm: Path, tmp_path: Path) -> N
     assert ">val_accuracy<" in (tmp_path / "rm.svg").read_text()
     r = run_cli("plot", str(rm), "-m", "nothing", "-o", str(tmp_path / "x.svg"))
     assert r.returncode == 65 and b"no nothing records" in r.stderr
+
+
+def test_full_sft_trains_every_weight_into_a_model_folder(base: Path, tmp_path: Path) -> None:
+    data = tmp_path / "sft.jsonl"
+    data.write_text(
+        "".join(json.dumps({"instruction": f"say {i}", "output": f"{i}"}) + "\n" for i in range(12))
+    )
+    summary = train_lora(str(base / "model"), [str(data)], tmp_path / "sft", None, overrides=FAST | {"max_steps": 2},
+                         task="sft")  # fmt: skip
+    before, _ = load_model(base / "model")
+    after, _ = load_model(tmp_path / "sft")
+    assert summary["trainable_params"] == sum(p.numel() for p in before.parameters())
+    changed = [n for (n, a), (_, b) in zip(before.named_parameters(), after.named_parameters(), strict=True)
+               if not torch.equal(a, b)]  # fmt: skip
+    assert len(changed) == len(list(before.parameters()))
+    with pytest.raises(UsageError, match="trains a LoRA adapter"):
+        train_lora(str(base / "model"), [str(data)], tmp_path / "x", None, overrides=FAST, task="dpo")

@@ -488,6 +488,10 @@ def ppo_cmd(
         float,
         typer.Option("--target-kl", help="Nats per response token the KL controller aims at (0: fixed)."),
     ] = 0.1,
+    kl_horizon: Annotated[
+        int,
+        typer.Option("--kl-horizon", min=1, help="Samples over which the KL controller takes a full step."),
+    ] = 500,
     cliprange: Annotated[float, typer.Option("--cliprange", help="PPO's ratio clip epsilon.")] = 0.2,
     vf_coef: Annotated[float, typer.Option("--vf-coef", help="Weight of the value loss.")] = 0.1,
     rank: Rank = 16,
@@ -524,7 +528,7 @@ def ppo_cmd(
     cfg = PPOConfig(
         steps=steps, rollout_batch=rollout_batch, minibatch=minibatch, ppo_epochs=ppo_epochs,
         max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length, lr=lr, init_kl_coef=init_kl_coef,
-        target_kl=target_kl or None, cliprange=cliprange, vf_coef=vf_coef,
+        target_kl=target_kl or None, horizon=kl_horizon, cliprange=cliprange, vf_coef=vf_coef,
         checkpoint_interval=checkpoint_interval,
         seed=seed, device=device, threads=threads,
     )  # fmt: skip
