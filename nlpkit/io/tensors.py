@@ -5,6 +5,9 @@ provenance metadata every artifact carries and file hashing.
     save_tensors("m.safetensors", {"w": array}, provenance(), kind="model.llama")
     tensors, metadata = load_tensors("m.safetensors")   # read-only arrays over an mmap
 
+    # the same bytes, one tensor in memory at a time: shapes first, each array asked for in turn
+    save_tensors_streaming("m.safetensors", [("w", np.float32, (3, 4))], make, provenance(), kind="x")
+
 Part of the pipe contract (the io room).
 """
 
@@ -17,7 +20,8 @@ import mmap
 import os
 import shlex
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -26,6 +30,7 @@ from nlpkit.errors import DataError, InputMissing
 
 if TYPE_CHECKING:
     import numpy as np
+    from numpy.typing import DTypeLike
 
 
 _ST_DTYPES = {
@@ -47,15 +52,104 @@ def save_tensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, 
     import numpy as np
     from safetensors.numpy import save
 
-    meta = {"nlpkit.kind": kind, **metadata}
-    bad = [k for k, v in meta.items() if not isinstance(k, str) or not isinstance(v, str)]
-    if bad:
-        raise TypeError(f"safetensors metadata must be str->str: {bad}")
+    meta = _checked_metadata(kind, metadata)
     data = save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=meta)
     from nlpkit.io.files import open_output_binary
 
     with open_output_binary(path) as f:
         f.write(_sorted_header(data))
+
+
+class TensorSpec(NamedTuple):
+    """One tensor of ``save_tensors_streaming``, known before its data: name, dtype, shape."""
+
+    name: str
+    dtype: DTypeLike
+    shape: tuple[int, ...]
+
+
+def save_tensors_streaming(
+    path: str,
+    specs: Iterable[TensorSpec | tuple[str, DTypeLike, tuple[int, ...]]],
+    produce: Callable[[str], np.ndarray],
+    metadata: dict[str, str],
+    *,
+    kind: str,
+) -> None:
+    """Write the safetensors file ``save_tensors`` would write, byte for byte, holding one tensor
+    at a time: the header is made from ``specs`` (name, dtype, shape) alone and written first,
+    then ``produce(name)`` is called once per tensor, in the file's data order, and its bytes
+    written before the next is asked for (keep no reference to it: that is the point).
+
+    Each array must have exactly its declared shape and dtype (little-endian, one of
+    safetensors' numpy types), else ``ValueError`` and nothing is written; so does a failing
+    ``produce``. Atomic like ``save_tensors`` (``-`` is stdout). One difference: a 0-d array
+    keeps its shape ``[]`` here, where safetensors' own writer turns it into ``[1]``.
+    """
+    import numpy as np
+
+    meta = _checked_metadata(kind, metadata)
+    codes = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+    entries: dict[str, tuple[str, np.dtype[Any], tuple[int, ...]]] = {}
+    for name, dtype, shape in specs:
+        if not isinstance(name, str) or name == "__metadata__":
+            raise ValueError(f"bad tensor name {name!r}")
+        if name in entries:
+            raise ValueError(f"tensor {name!r} is declared twice")
+        dt = np.dtype(dtype)
+        if dt not in codes:
+            raise ValueError(f"tensor {name!r}: safetensors files here hold no {dt}")
+        dims = tuple(shape)
+        if not all(isinstance(d, int | np.integer) and not isinstance(d, bool) and d >= 0 for d in dims):
+            raise ValueError(f"tensor {name!r}: bad shape {shape!r}")
+        entries[name] = (codes[dt], dt, tuple(int(d) for d in dims))
+    rank = _data_order({code for code, _, _ in entries.values()})
+    order = sorted(entries, key=lambda n: (rank[entries[n][0]], n))  # safetensors' own data order
+    header: dict[str, Any] = {"__metadata__": meta}
+    offset = 0
+    for name in order:
+        code, dt, dims = entries[name]
+        size = math.prod(dims) * dt.itemsize
+        header[name] = {"dtype": code, "shape": list(dims), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
+    raw += b" " * (-len(raw) % 8)
+    from nlpkit.io.files import open_output_binary
+
+    with open_output_binary(path) as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for name in order:
+            _, dt, dims = entries[name]
+            arr = produce(name)
+            if not isinstance(arr, np.ndarray) or arr.dtype != dt or arr.shape != dims:
+                got = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+                raise ValueError(f"tensor {name!r}: produced {got}, declared {dt} {dims}")
+            if arr.size:
+                f.write(np.ascontiguousarray(arr).data.cast("B"))  # no copy of a C-ordered array
+            del arr  # before the next produce: never two tensors alive here
+
+
+def _data_order(codes: set[str]) -> dict[str, int]:
+    """Where each safetensors dtype code goes in the data section: safetensors lays tensors out by
+    dtype (its own ranking, which has changed between versions) and then by name. The ranking is
+    read off safetensors itself, by writing one single-value tensor per dtype."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    if len(codes) < 2:
+        return dict.fromkeys(codes, 0)
+    probe = save({code: np.zeros(1, _ST_DTYPES[code]) for code in codes})
+    n = int.from_bytes(probe[:8], "little")
+    header = orjson.loads(probe[8 : 8 + n])
+    return {code: header[code]["data_offsets"][0] for code in codes}
+
+
+def _checked_metadata(kind: str, metadata: dict[str, str]) -> dict[str, str]:
+    meta = {"nlpkit.kind": kind, **metadata}
+    bad = [k for k, v in meta.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"safetensors metadata must be str->str: {bad}")
+    return meta
 
 
 def _sorted_header(data: bytes) -> bytes:

@@ -294,13 +294,19 @@ def gguf_to_folder(path: str | os.PathLike[str], folder: str | os.PathLike[str])
     Everything is checked before anything is allocated from the metadata or decoded: the
     metadata (``config_from_gguf``), its counts against the tensors (``check_counts``), every
     tensor's shape, the config as nlpkit loads it, and the tokenizer.
+
+    The weights stream: ``model.safetensors``'s header is written from the tensor descriptions
+    (dequantizing and unpermuting keep shapes), then each tensor is dequantized, written and
+    dropped before the next, so memory holds about one float32 tensor (two while Q/K rows are
+    permuted back) besides the mapped GGUF, never the whole model.
     """
     import numpy as np
 
     from nlpkit.io.gguf import read_gguf
+    from nlpkit.io.gguf_quants import can_dequantize
     from nlpkit.io.gguf_tokenizer import from_gguf
     from nlpkit.io.talk import Progress
-    from nlpkit.io.tensors import provenance, save_tensors, sha256_file
+    from nlpkit.io.tensors import TensorSpec, provenance, save_tensors_streaming, sha256_file
 
     name = os.fspath(path)
     out = Path(folder)
@@ -317,22 +323,26 @@ def gguf_to_folder(path: str | os.PathLike[str], folder: str | os.PathLike[str])
     heads = {"q_proj": cfg["num_attention_heads"], "k_proj": cfg["num_key_value_heads"]}
     if cfg["model_type"] == "qwen2":  # llama.cpp keeps qwen2's rows as they are (NeoX-style RoPE)
         heads = {}
-    state: dict[str, np.ndarray] = {}
-    with Progress("dequantizing", total=len(gg.tensors), unit=" tensors") as progress:
-        for tname, target in targets.items():
-            progress.advance(1)
-            if target is None:
-                continue
-            w = gg.tensor(tname)
-            proj = target.rsplit(".", 2)[-2]
-            if proj in heads:
-                w = unpermute_rows(w, heads[proj])
-            state[target] = np.ascontiguousarray(w, dtype=np.float32)
+    sources = {target: t for t, target in targets.items() if target is not None}
+    for t in sources.values():  # refused before a byte is written, not halfway through the file
+        if not can_dequantize(gg.tensors[t].ggml_type):
+            gg.tensor(t)  # the DataError naming the tensor, its type and what nlpkit decodes
+    specs = [TensorSpec(target, np.float32, gg.tensors[t].shape) for target, t in sources.items()]
     out.mkdir(parents=True, exist_ok=True)
     meta = provenance(
         format="pt", **{"nlpkit.source": Path(name).name, "nlpkit.source_sha256": sha256_file(name)}
     )
-    save_tensors(str(out / "model.safetensors"), state, meta, kind="model.llama")
+    with Progress("dequantizing", total=len(specs), unit=" tensors") as progress:
+
+        def produce(target: str) -> np.ndarray:
+            w = gg.tensor(sources[target])  # a new float32 array; the file stays mapped
+            proj = target.rsplit(".", 2)[-2]
+            if proj in heads:
+                w = unpermute_rows(w, heads[proj])
+            progress.advance(1)
+            return np.ascontiguousarray(w, dtype=np.float32)
+
+        save_tensors_streaming(str(out / "model.safetensors"), specs, produce, meta, kind="model.llama")
     _write_json(out / "config.json", cfg | {"nlpkit": {"arch": "llama", "dropout": 0.0}})
     _write_tokenizer_files(out, tok, gg.metadata, cfg)
     return cfg
