@@ -257,3 +257,20 @@ def test_waiting_for_a_lock_says_so_then_takes_it(tmp_path, capsys) -> None:  # 
         assert not got.is_set()  # still waiting while the first holds it
     t.join(timeout=10)
     assert got.is_set() and f"waiting for another nlpkit run (PID {os.getpid()})" in capsys.readouterr().err
+
+
+def test_load_tensors_copy_reads_writable_arrays_equal_to_the_mapped_ones(tmp_path) -> None:
+    import numpy as np
+
+    from nlpkit.io.tensors import load_tensors, save_tensors
+
+    path = str(tmp_path / "t.safetensors")
+    want = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.array([7, -1], dtype=np.int64),
+            "empty": np.zeros((0, 3), np.float32)}  # fmt: skip
+    save_tensors(path, want, {"k": "v"})
+    mapped, meta = load_tensors(path)
+    copied, meta2 = load_tensors(path, copy=True)
+    assert meta == meta2
+    for k, v in want.items():
+        assert np.array_equal(copied[k], v) and np.array_equal(mapped[k], v) and copied[k].dtype == v.dtype
+    assert copied["a"].flags.writeable and not mapped["a"].flags.writeable

@@ -229,8 +229,10 @@ def _check_tensor_entry(path: str, name: str, info: Any, span: int) -> tuple[int
     return begin, end, name
 
 
-def load_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read a safetensors file memory-mapped (read-only arrays, no copy) after validation."""
+def load_tensors(path: str, copy: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read a safetensors file memory-mapped (read-only arrays, no copy) after validation;
+    ``copy``: each tensor read into its own writable array instead (what a model's weights
+    need), so the weights are held once, not once copied plus once in mapped pages."""
     import numpy as np
 
     try:
@@ -252,6 +254,14 @@ def load_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         count = math.prod(info["shape"])
         if count == 0:  # frombuffer refuses an offset at the very end of the buffer
             tensors[name] = np.zeros(info["shape"], dtype)
+            continue
+        if copy:
+            arr = np.empty(info["shape"], dtype)
+            with open(path, "rb") as f:
+                f.seek(start + begin)
+                if f.readinto(memoryview(arr.reshape(-1)).cast("B")) != arr.nbytes:
+                    raise DataError(f"tensor {name} is cut short", where=path)
+            tensors[name] = arr
             continue
         arr = np.frombuffer(mm, dtype=dtype, count=count, offset=start + begin)
         tensors[name] = arr.reshape(info["shape"])

@@ -73,11 +73,11 @@ def load_model(folder: str | Path, device: str = "cpu") -> tuple[nn.Module, Mode
 
     cfg = read_config(folder)
     path = str(Path(folder) / "model.safetensors")
-    tensors, _ = load_tensors(path)
+    tensors, _ = load_tensors(path, copy=True)  # read, not mapped: the weights are held once
     with torch.device("meta"):
         model = build_model(cfg)
     model = model.to_empty(device=device)
-    state = {k: torch.from_numpy(v.copy()).to(device) for k, v in tensors.items()}
+    state = {k: torch.from_numpy(tensors.pop(k)).to(device) for k in list(tensors)}
     expected = set(model.state_dict())
     if cfg.tie_embeddings:
         expected -= {"lm_head.weight", "head.weight"}
