@@ -267,7 +267,7 @@ def test_load_tensors_copy_reads_writable_arrays_equal_to_the_mapped_ones(tmp_pa
     path = str(tmp_path / "t.safetensors")
     want = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.array([7, -1], dtype=np.int64),
             "empty": np.zeros((0, 3), np.float32)}  # fmt: skip
-    save_tensors(path, want, {"k": "v"})
+    save_tensors(path, want, {"k": "v"}, kind="test")
     mapped, meta = load_tensors(path)
     copied, meta2 = load_tensors(path, copy=True)
     assert meta == meta2
