@@ -259,7 +259,7 @@ def load_tensors(path: str, copy: bool = False) -> tuple[dict[str, np.ndarray], 
             arr = np.empty(info["shape"], dtype)
             with open(path, "rb") as f:
                 f.seek(start + begin)
-                if f.readinto(memoryview(arr.reshape(-1)).cast("B")) != arr.nbytes:
+                if f.readinto(memoryview(arr.reshape(-1)).cast("B")) != arr.nbytes:  # type: ignore[arg-type]
                     raise DataError(f"tensor {name} is cut short", where=path)
             tensors[name] = arr
             continue

@@ -106,38 +106,55 @@ def is_reward_model(folder: str | Path) -> bool:
     return isinstance(cfg, dict) and ARCHITECTURE in (cfg.get("architectures") or [])
 
 
-def merged_state(model: nn.Module) -> dict[str, Any]:
-    """float32 numpy arrays of ``model``'s weights with every LoRA adapter folded in, under the
-    plain names (the model itself is left as it is)."""
+def merged_tensors(model: nn.Module) -> tuple[list[tuple[str, tuple[int, ...]]], Any]:
+    """The names and shapes of ``model``'s weights with every LoRA adapter folded in, under the
+    plain names, and a function giving one of them as a float32 array (computed on demand, so
+    writing them holds one tensor at a time; the model itself is left as it is)."""
+    import numpy as np
+
     from nlpkit.lm.lora import LoRALinear
 
-    out = {}
     lora = {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
-    for name, t in model.state_dict().items():
+    state = model.state_dict()
+    names = []
+    for name, t in state.items():
         module, _, leaf = name.rpartition(".")
-        if module in lora:
-            if leaf != "weight":
-                continue  # lora_a / lora_b / NF4 buffers: folded into the weight below
-            t = lora[module].base_weight().float() + lora[module].delta()
-        elif ".lora_a." in name or ".lora_b." in name:
+        if module in lora and leaf != "weight":
+            continue  # lora_a / lora_b / NF4 buffers: folded into the weight
+        if ".lora_a." in name or ".lora_b." in name:
             continue
-        out[name] = t.detach().float().cpu().contiguous().numpy()
-    return out
+        shape = tuple(lora[module].weight.shape) if module in lora else tuple(t.shape)
+        names.append((name, shape))
+
+    def produce(name: str) -> np.ndarray:
+        module = name.rpartition(".")[0]
+        with torch.no_grad():
+            t = lora[module].base_weight().float() + lora[module].delta() if module in lora else state[name]
+            return np.ascontiguousarray(t.detach().float().cpu().numpy())
+
+    return names, produce
 
 
 def save_reward_model(
     rm: RewardModel, folder: str | Path, tokenizer_from: Path, meta: dict[str, str]
 ) -> None:
-    """The reward model as ``LlamaForSequenceClassification`` (adapters merged) plus the
-    tokenizer files of ``tokenizer_from``."""
+    """The reward model as ``LlamaForSequenceClassification`` (adapters merged, one tensor at a
+    time) plus the tokenizer files of ``tokenizer_from``."""
+    import numpy as np
+
     from nlpkit.io.files import write_bytes_atomic
-    from nlpkit.io.tensors import provenance, save_tensors
+    from nlpkit.io.tensors import provenance, save_tensors_streaming
     from nlpkit.tune.lora import TOKENIZER_FILES
 
     folder = Path(folder)
-    state = {k: v for k, v in merged_state(rm).items() if not k.startswith("lm_head.")}
-    save_tensors(
-        str(folder / "model.safetensors"), state, provenance(**meta, format="pt"), kind="model.reward"
+    names, produce = merged_tensors(rm)
+    specs = [(n, np.float32, shape) for n, shape in names if not n.startswith("lm_head.")]
+    save_tensors_streaming(
+        str(folder / "model.safetensors"),
+        specs,
+        produce,
+        provenance(**meta, format="pt"),
+        kind="model.reward",
     )
     write_bytes_atomic(folder / "config.json", (json.dumps(reward_config(rm.cfg), indent=2) + "\n").encode())
     for name in TOKENIZER_FILES:
