@@ -293,7 +293,7 @@ def test_kl_is_zero_when_the_policy_equals_the_reference(base: Path) -> None:
 
 
 def _ppo_cfg(**kw: Any) -> ppo.PPOConfig:
-    return ppo.PPOConfig(**({"steps": 4, "rollout_batch": 4, "minibatch": 2, "max_new_tokens": 6, "lr": 1e-3,
+    return ppo.PPOConfig(**({"steps": 4, "rollout_batch": 4, "minibatch": 2, "max_new_tokens": 6, "lr": 1e-3, "target_kl": 0.1,
                              "device": "cpu", "threads": 1, "checkpoint_interval": 2} | kw))  # fmt: skip
 
 

@@ -480,14 +480,17 @@ def ppo_cmd(
     ] = 256,
     lr: Annotated[
         float, typer.Option("--lr", help="AdamW learning rate of the adapter and value head.")
-    ] = 5e-5,
+    ] = 6e-5,
     init_kl_coef: Annotated[
-        float, typer.Option("--init-kl-coef", help="The KL penalty's starting weight.")
-    ] = 0.05,
+        float, typer.Option("--init-kl-coef", help="The KL penalty's weight (its start, with --target-kl).")
+    ] = 0.15,
     target_kl: Annotated[
         float,
-        typer.Option("--target-kl", help="Nats per response token the KL controller aims at (0: fixed)."),
-    ] = 0.1,
+        typer.Option(
+            "--target-kl",
+            help="Nats per response token an adaptive KL weight steers toward (0: the weight stays fixed).",
+        ),
+    ] = 0.0,
     kl_horizon: Annotated[
         int,
         typer.Option("--kl-horizon", min=1, help="Samples over which the KL controller takes a full step."),
