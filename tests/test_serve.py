@@ -617,3 +617,32 @@ def test_the_server_stack_is_imported_by_serve_only() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_serve_takes_an_adapter(model_dir: Path, tmp_path: Path) -> None:
+    """--adapter merges a LoRA adapter (lora train, rlhf dpo/ppo) into the served weights."""
+    import torch
+
+    from nlpkit.errors import InputMissing
+    from nlpkit.llm.generate import Generator
+    from nlpkit.lm.lora import LoraConfig, apply_lora, save_adapter
+    from nlpkit.lm.model import load_model
+
+    net, _ = load_model(model_dir)
+    cfg = LoraConfig(rank=2, alpha=4, dropout=0.0, targets=("all-linear",))
+    apply_lora(net, cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "lora_b" in name:
+                p.normal_(std=0.5)
+    save_adapter(net, cfg, tmp_path / "adapter")
+    plain = load_backend(str(model_dir), embed_model=None, device="cpu")
+    tuned = load_backend(str(model_dir), embed_model=None, device="cpu", adapter=str(tmp_path / "adapter"))
+    want = Generator.load(model_dir, "cpu", adapter=str(tmp_path / "adapter"))
+    ids = torch.tensor([[5, 9, 33, 40]])
+    with torch.no_grad():
+        a, b, c = (g.model(ids)[0] for g in (plain.gen, tuned.gen, want))
+    assert not torch.allclose(a, b) and torch.equal(b, c)
+    with pytest.raises(InputMissing):
+        load_backend(str(model_dir), embed_model=None, device="cpu", adapter=str(tmp_path / "nothing"))

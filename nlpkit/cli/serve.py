@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from nlpkit.cli.app import app
-from nlpkit.cli.options import Device, DType, ModelSpec, Quiet
+from nlpkit.cli.options import Adapter, Device, DType, ModelSpec, Quiet
 
 
 @app.command("serve", rich_help_panel="Pretrained LLMs")
@@ -71,6 +71,7 @@ def serve_cmd(
     ] = None,
     device: Device = "auto",
     dtype: DType = "auto",
+    adapter: Adapter = None,
     quiet: Quiet = False,
 ) -> None:
     """Serve a model over the OpenAI HTTP API: /v1/chat/completions, /v1/completions,
@@ -96,5 +97,5 @@ def serve_cmd(
     key = read_api_key(api_key_file, host)
     limits = Limits(max_body=max_body, max_tokens=max_tokens)
     embed = None if embed_model.lower() in ("", "none") else embed_model
-    backend = load_backend(model, embed, device, dtype, max_batch, max_queue, limits, key)
+    backend = load_backend(model, embed, device, dtype, max_batch, max_queue, limits, key, adapter)
     run_server(backend, host, port, grace, ready_file)

@@ -63,14 +63,16 @@ def load_backend(
     max_queue: int = 64,
     limits: Limits | None = None,
     api_key: str | None = None,
+    adapter: str | None = None,
 ) -> Backend:
-    """Load the model (and the sentence encoder, unless ``embed_model`` is None) for serving."""
+    """Load the model (and the sentence encoder, unless ``embed_model`` is None) for serving;
+    ``adapter``: a LoRA adapter folder merged into the weights (``lora train``, ``rlhf dpo|ppo``)."""
     from nlpkit.llm.generate import Generator
     from nlpkit.store.resolve import resolve_model
     from nlpkit.text.chat_template import ChatTemplate
 
     folder = resolve_model(model)
-    gen = Generator.load(folder, device, dtype)
+    gen = Generator.load(folder, device, dtype, adapter=adapter)
     template = ChatTemplate.from_folder(folder) if (folder / "config.json").is_file() else None
     encoder = embed_id = None
     if embed_model:
