@@ -97,8 +97,8 @@ def read_pairs(
     if not out:
         raise DataError(
             f"no preference pair left to train on ({report.line()})",
-            where=", ".join(paths),
-            hint="raise --max-length, or check the pairs with `nlpkit data inspect`",
+            where=", ".join("<stdin>" if p == "-" else p for p in paths),
+            hint="each pair needs two different, non-empty replies to a prompt that fits --max-length",
         )
     return out, report
 

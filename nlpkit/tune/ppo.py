@@ -257,7 +257,9 @@ def read_prompts(
     line = (f"{len(out)} prompts; {skipped['duplicate']} duplicates and {skipped['too long']} over "
             "--max-prompt-length skipped")  # fmt: skip
     if not out:
-        raise DataError(f"no prompt left ({line})", where=", ".join(paths))
+        raise DataError(
+            f"no prompt left ({line})", where=", ".join("<stdin>" if p == "-" else p for p in paths)
+        )
     return out, line
 
 

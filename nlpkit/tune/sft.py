@@ -113,7 +113,7 @@ def read_examples(
     if not out:
         raise DataError(
             "no example left to train on",
-            where=", ".join(paths),
+            where=", ".join("<stdin>" if p == "-" else p for p in paths),
             hint="raise --max-length or give longer responses",
         )
     return out, report
