@@ -422,3 +422,17 @@ def test_full_sft_trains_every_weight_into_a_model_folder(base: Path, tmp_path: 
     assert len(changed) == len(list(before.parameters()))
     with pytest.raises(UsageError, match="trains a LoRA adapter"):
         train_lora(str(base / "model"), [str(data)], tmp_path / "x", None, overrides=FAST, task="dpo")
+
+
+def test_ppo_stops_an_iteration_at_the_kl_target(base: Path, rm: Path, tmp_path: Path) -> None:
+    """With --target-kl, updates stop within a step once the policy's KL to SFT exceeds it
+    (after at least one); without, every planned minibatch update runs."""
+    tight = ppo.train_ppo(str(base / "model"), str(rm), [str(base / "prompts.jsonl")], tmp_path / "t", LORA,
+                          _ppo_cfg(steps=2, target_kl=1e-9, lr=1e-2))  # fmt: skip
+    free = ppo.train_ppo(str(base / "model"), str(rm), [str(base / "prompts.jsonl")], tmp_path / "f", LORA,
+                         _ppo_cfg(steps=2, target_kl=None, lr=1e-2))  # fmt: skip
+    assert tight["step"] == free["step"] == 2
+    t = [json.loads(x) for x in (tmp_path / "t" / "train.jsonl").read_text().splitlines()]
+    f = [json.loads(x) for x in (tmp_path / "f" / "train.jsonl").read_text().splitlines()]
+    assert [r["planned_updates"] for r in t] == [4, 4] and [r["updates"] for r in f] == [4, 4]
+    assert all(r["updates"] == 1 for r in t)

@@ -546,28 +546,33 @@ def _ppo_step(run: PPORun, batch: list[Any]) -> dict[str, Any]:
     policy.train()
     sums: dict[str, float] = {}
     n = 0
-    for _ in range(cfg.ppo_epochs):
-        for mb in torch.randperm(len(batch), generator=generator, device=generator.device).split(
-            cfg.minibatch
-        ):
-            new_logits, new_values = policy(ids[mb], plen[mb], R)
-            new_logps, entropy = response_logps(new_logits, tokens[mb])
-            pg_loss, vf_loss, numbers = ppo_losses(
-                new_logps, logps[mb], advantages[mb], new_values, values[mb], returns[mb], mask[mb],
-                cfg.cliprange, cfg.cliprange_value,
-            )  # fmt: skip
-            loss = pg_loss + cfg.vf_coef * vf_loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in policy.parameters() if p.requires_grad], cfg.grad_clip
-                )
-            optimizer.step()
-            numbers |= {"pg_loss": pg_loss, "value_loss": vf_loss, "entropy": masked_mean(entropy, mask[mb])}
-            for k, v in numbers.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            n += 1
+    updates, planned = 0, cfg.ppo_epochs * (len(batch) // cfg.minibatch)
+    # with a target, an iteration stops updating (after its first update) once the policy's KL to
+    # SFT on this rollout exceeds it: a trust region around SFT that the slow proportional
+    # controller alone did not keep at 16 rollouts per step
+    for mb in _minibatches(len(batch), cfg, generator):
+        new_logits, new_values = policy(ids[mb], plen[mb], R)
+        new_logps, entropy = response_logps(new_logits, tokens[mb])
+        # KL to SFT per token, Schulman's k3 estimator (never negative: exp(d) - 1 - d, d = ref - new)
+        d = ref_logps[mb] - new_logps.detach()
+        drift = float(masked_mean(torch.expm1(d) - d, mask[mb]))
+        if cfg.target_kl and updates and drift > cfg.target_kl:
+            break  # the trust region: this iteration moved the policy as far from SFT as allowed
+        pg_loss, vf_loss, numbers = ppo_losses(
+            new_logps, logps[mb], advantages[mb], new_values, values[mb], returns[mb], mask[mb],
+            cfg.cliprange, cfg.cliprange_value,
+        )  # fmt: skip
+        loss = pg_loss + cfg.vf_coef * vf_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad], cfg.grad_clip)
+        optimizer.step()
+        numbers |= {"pg_loss": pg_loss, "value_loss": vf_loss, "entropy": masked_mean(entropy, mask[mb])}
+        for k, v in numbers.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        n += 1
+        updates += 1
     times["optimize_s"] = time.perf_counter() - t
     lengths = mask.sum(1)
     kl_per_token = float(kl_tokens.sum() / mask.sum().clamp(min=1))
@@ -578,11 +583,21 @@ def _ppo_step(run: PPORun, batch: list[Any]) -> dict[str, Any]:
         "kl_coef": kl.coef,
         **{k: v / max(n, 1) for k, v in sums.items()},
         "response_length": float(lengths.mean()),
+        "updates": updates,  # fewer than planned: the KL to SFT reached --target-kl within the step
+        "planned_updates": planned,
         "ended": float(np.mean([bool(r) and r[-1] == eos for r in responses])),
         **{k: round(v, 3) for k, v in times.items()},
     }
     kl.update(kl_per_token, len(batch))
     return record
+
+
+def _minibatches(n: int, cfg: PPOConfig, generator: Any) -> Any:
+    """``ppo_epochs`` shuffled passes over the rollout batch, in minibatches."""
+    import torch
+
+    for _ in range(cfg.ppo_epochs):
+        yield from torch.randperm(n, generator=generator, device=generator.device).split(cfg.minibatch)
 
 
 def _eos(tok: Any, template: Any, cfg: Any) -> int:
