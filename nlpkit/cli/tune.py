@@ -488,9 +488,10 @@ def ppo_cmd(
         float,
         typer.Option(
             "--target-kl",
-            help="Nats per response token an adaptive KL weight steers toward (0: the weight stays fixed).",
+            help="Nats per response token: the KL weight adapts toward it and an iteration stops "
+            "updating once the policy's KL to SFT passes it (0: a fixed weight, no stop).",
         ),
-    ] = 0.0,
+    ] = 0.1,
     kl_horizon: Annotated[
         int,
         typer.Option("--kl-horizon", min=1, help="Samples over which the KL controller takes a full step."),
