@@ -436,3 +436,38 @@ def test_ppo_stops_an_iteration_at_the_kl_target(base: Path, rm: Path, tmp_path:
     f = [json.loads(x) for x in (tmp_path / "f" / "train.jsonl").read_text().splitlines()]
     assert [r["planned_updates"] for r in t] == [4, 4] and [r["updates"] for r in f] == [4, 4]
     assert all(r["updates"] == 1 for r in t)
+
+
+def test_ppo_sigterm_checkpoints_and_resume_finishes_the_same_run(
+    base: Path, rm: Path, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    common = ["rlhf", "ppo", str(base / "model"), str(base / "prompts.jsonl"), "--reward", str(rm),
+              "--rollout-batch", "4", "--minibatch", "2", "--max-new-tokens", "6", "--lr", "1e-3",
+              "--rank", "4", "--alpha", "8", "--threads", "1", "--device", "cpu", "--checkpoint-interval", "0"]  # fmt: skip
+    full = run_cli(*common, "-o", str(tmp_path / "a"), "--steps", "12", timeout=120)
+    assert full.returncode == 0, full.stderr
+    out = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "nlpkit", *common, "-o", str(out), "--steps", "12"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not ((out / "train.jsonl").exists() and (out / "train.jsonl").read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 143 and b"stopped by SIGTERM" in stderr, stderr
+    assert (out / "checkpoints" / "latest").is_file()
+    done = run_cli(*common, "-o", str(out), "--resume", "--steps", "12", timeout=120)
+    assert done.returncode == 0, done.stderr
+
+    def rewards(folder: Path) -> list[float]:
+        return [json.loads(x)["reward"] for x in (folder / "train.jsonl").read_text().splitlines()]
+
+    assert rewards(out) == rewards(tmp_path / "a") and len(rewards(out)) == 12
