@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from nlpkit.errors import InputMissing, UsageError
-from nlpkit.store.gguf_folder import TOKENIZER_FILES, _write_json
+from nlpkit.store.gguf_folder import _write_json, copy_tokenizer_files
 from nlpkit.store.resolve import resolve_model
 
 
@@ -16,7 +16,6 @@ def export_hf(model: str, out: str | os.PathLike[str]) -> Path:
     config.json without nlpkit's extras, model.safetensors
     with an explicit ``lm_head.weight`` left out when tied (as transformers saves it), the
     tokenizer files and the generation config."""
-    import shutil
 
     from nlpkit.io.tensors import load_tensors, save_tensors
 
@@ -39,9 +38,7 @@ def export_hf(model: str, out: str | os.PathLike[str]) -> Path:
     save_tensors(str(dest / "model.safetensors"), dict(tensors), {"format": "pt"}, kind="model.llama")
     cfg.pop("nlpkit", None)
     _write_json(dest / "config.json", cfg)
-    for name in (*TOKENIZER_FILES, "generation_config.json"):
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dest / name)
+    copy_tokenizer_files(src, dest)
     if not (dest / "tokenizer.json").is_file():
         raise InputMissing("the model folder has no tokenizer.json", where=str(src))
     if not (dest / "tokenizer_config.json").is_file():

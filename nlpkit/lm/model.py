@@ -25,6 +25,7 @@ generation: a KV cache (llama), the recurrent state (lstm), the encoded source (
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -67,15 +68,18 @@ def save_model(
     write_bytes_atomic(folder / "config.json", (json.dumps(cfg.to_hf(), indent=2) + "\n").encode())
 
 
-def load_model(folder: str | Path, device: str = "cpu") -> tuple[nn.Module, ModelConfig]:
-    """A model folder's network in eval mode: config.json + model.safetensors (never a pickle)."""
+def load_model(
+    folder: str | Path, device: str = "cpu", build: Callable[[ModelConfig], nn.Module] = build_model
+) -> tuple[nn.Module, ModelConfig]:
+    """A model folder's network in eval mode: config.json + model.safetensors (never a pickle);
+    ``build`` makes the network from the config (another head: a reward model's)."""
     from nlpkit.io.tensors import load_tensors
 
     cfg = read_config(folder)
     path = str(Path(folder) / "model.safetensors")
     tensors, _ = load_tensors(path, copy=True)  # read, not mapped: the weights are held once
     with torch.device("meta"):
-        model = build_model(cfg)
+        model = build(cfg)
     model = model.to_empty(device=device)
     state = {k: torch.from_numpy(tensors.pop(k)).to(device) for k in list(tensors)}
     expected = set(model.state_dict())
@@ -92,16 +96,19 @@ def load_model(folder: str | Path, device: str = "cpu") -> tuple[nn.Module, Mode
     except RuntimeError as e:
         raise DataError(f"tensor shapes do not match config.json ({str(e)[:300]})", where=path) from None
     _reset_buffers(model, cfg, device)
-    if cfg.tie_embeddings:  # to_empty() gave the head its own tensor: share it again
-        head, embedding = _head_and_embedding(model)
-        head.weight = embedding.weight
+    tied = _head_and_embedding(model) if cfg.tie_embeddings else None
+    if tied is not None:  # to_empty() gave the head its own tensor: share it again
+        tied[0].weight = tied[1].weight
     return model.eval(), cfg
 
 
-def _head_and_embedding(model: nn.Module) -> tuple[nn.Linear, nn.Embedding]:
+def _head_and_embedding(model: nn.Module) -> tuple[nn.Linear, nn.Embedding] | None:
+    """The output head and the embedding it is tied to (None: a model without that head)."""
     from nlpkit.lm.seqmodels import LSTMLM, Seq2Seq
 
     if isinstance(model, Llama):
+        if not hasattr(model, "lm_head"):
+            return None
         return model.lm_head, model.model.embed_tokens
     if isinstance(model, LSTMLM):
         return model.head, model.embed

@@ -158,11 +158,9 @@ def _write_onnx(src: Path, staging: Path, cfg: Any, bits: int, group_size: int) 
 
 
 def _copy_model_files(src: Path, staging: Path, bits: int, group_size: int) -> None:
-    from nlpkit.store.gguf_folder import TOKENIZER_FILES
+    from nlpkit.store.gguf_folder import copy_tokenizer_files
 
-    for name in (*TOKENIZER_FILES, "generation_config.json"):
-        if (src / name).is_file():
-            shutil.copyfile(src / name, staging / name)
+    copy_tokenizer_files(src, staging)
     cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
     extras = cfg.setdefault("nlpkit", {})
     extras["backend"] = "onnxruntime"

@@ -62,6 +62,16 @@ _BLOCK = re.compile(r"blk\.(0|[1-9][0-9]{0,8})\.(.+)", re.ASCII | re.DOTALL)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
+def copy_tokenizer_files(src: Path, dst: Path, replace: bool = True) -> None:
+    """The tokenizer files and generation_config.json of model folder ``src`` into ``dst``
+    (those it has; ``replace=False`` keeps files ``dst`` already holds)."""
+    import shutil
+
+    for name in (*TOKENIZER_FILES, "generation_config.json"):
+        if (src / name).is_file() and (replace or not (dst / name).is_file()):
+            shutil.copyfile(src / name, dst / name)
+
+
 def hf_name(gguf_name: str) -> str | None:
     """The Hugging Face tensor name of a llama.cpp one (None: not a weight we know)."""
     if gguf_name in _TOP_NAMES:

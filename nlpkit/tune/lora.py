@@ -18,7 +18,6 @@ import json
 import math
 import os
 import random
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -33,12 +32,6 @@ from nlpkit.lm.train.config import RESUMABLE, Run, TrainConfig, _flag
 
 TASKS = ("sft", "rm", "dpo")
 RUN_FILE = "lora_run.json"  # what a resume needs besides the checkpoint: model, LoRA shape, data settings
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "generation_config.json",
-)
 # Fine-tuning defaults (PEFT's usual recipe): a small constant-ish learning rate, no decay of the adapters
 DEFAULTS: dict[str, Any] = dict(
     lr=2e-4,
@@ -316,11 +309,10 @@ def _writer(
 ) -> Any:
     """How a checkpoint writes the run's result into its folder."""
     from nlpkit.lm.lora import save_adapter
+    from nlpkit.store.gguf_folder import copy_tokenizer_files
 
-    def copy_tokenizer(out: Path) -> None:
-        for name in TOKENIZER_FILES:  # the folder works as a chat model's tokenizer source too
-            if (folder / name).is_file() and not (out / name).is_file():
-                shutil.copyfile(folder / name, out / name)
+    def copy_tokenizer(out: Path) -> None:  # the folder works as a chat model's tokenizer source too
+        copy_tokenizer_files(folder, out, replace=False)
 
     def adapter(out: Path, run: Run) -> None:
         assert lora is not None
@@ -375,6 +367,7 @@ def merge_adapter(model: str, adapter: str, out: str | os.PathLike[str]) -> dict
     from nlpkit.io.files import fsync_dir
     from nlpkit.lm.lora import load_adapter
     from nlpkit.lm.model import load_model, save_model
+    from nlpkit.store.gguf_folder import copy_tokenizer_files
     from nlpkit.store.resolve import resolve_model
 
     folder, out_dir = resolve_model(model), Path(out)
@@ -385,9 +378,7 @@ def merge_adapter(model: str, adapter: str, out: str | os.PathLike[str]) -> dict
     tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
     save_model(net, cfg, tmp, {"nlpkit.base_model": model, "nlpkit.adapter": str(adapter)})
-    for name in TOKENIZER_FILES:
-        if (folder / name).is_file():
-            shutil.copyfile(folder / name, tmp / name)
+    copy_tokenizer_files(folder, tmp)
     if out_dir.exists():
         out_dir.rmdir()
     os.replace(tmp, out_dir)

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import collections
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from nlpkit.errors import DataError
-from nlpkit.tune.sft import IGNORE, _eos
+from nlpkit.tune.sft import IGNORE, SFTSet, _eos
 
 if TYPE_CHECKING:
     import torch
@@ -166,21 +166,16 @@ def _arrays(*rows: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return a, b, c
 
 
-class PairSet:
+class PairSet(SFTSet):
     """Pairs batched as one right-padded (2B, T) tensor: the B chosen sequences, then the B
-    rejected ones (one forward pass serves both). Training takes a seeded permutation per epoch."""
-
-    def __init__(self, pairs: list[Pair], pad_id: int, seed: int = 0, train: bool = True):
-        self.pairs, self.pad, self.seed, self.train = pairs, pad_id, seed, train
-
-    def __len__(self) -> int:
-        return len(self.pairs)
+    rejected ones (one forward pass serves both). As SFTSet: a seeded permutation per epoch
+    for training, the pairs in order for evaluation."""
 
     def batch(self, epoch: int, ids: np.ndarray) -> tuple[torch.Tensor, ...]:
         import torch
 
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self)) if self.train else None
-        chosen = [self.pairs[int(i if order is None else order[i])] for i in ids]
+        chosen = [cast(Pair, self.examples[int(i if order is None else order[i])]) for i in ids]
         rows = [(p.prompt, p.chosen) for p in chosen] + [(p.prompt, p.rejected) for p in chosen]
         T = max(len(a) + len(b) for a, b in rows)
         x = np.full((len(rows), T), self.pad, np.int64)
@@ -190,11 +185,6 @@ class PairSet:
             x[r, :n] = np.concatenate([prompt, response])
             y[r, len(prompt) : n] = response
         return torch.from_numpy(x), torch.from_numpy(y)
-
-    def eval_batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
-        n = len(self) if limit is None else min(len(self), limit * batch_size)
-        for i in range(0, n, batch_size):
-            yield self.batch(0, np.arange(i, min(i + batch_size, n)))
 
 
 def digest(pairs: Sequence[Pair]) -> str:

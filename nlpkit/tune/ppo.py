@@ -620,32 +620,19 @@ def _digest(prompts: list[Any]) -> str:
 
 
 def _save(out: Path, run: PPORun) -> None:
-    """checkpoints/step-N.pt and ``latest`` (atomic), then the adapter and value head files."""
-    import shutil
-
-    import torch
-
-    from nlpkit.io.files import atomic_open, write_bytes_atomic
+    """checkpoints/step-N.pt and ``latest`` (the loop's checkpoint files), then the adapter and
+    value head files."""
     from nlpkit.io.tensors import provenance, save_tensors
     from nlpkit.lm.lora import save_adapter
-    from nlpkit.lm.train.checkpoint import KEEP_CHECKPOINTS, trained_state
-    from nlpkit.tune.lora import TOKENIZER_FILES
+    from nlpkit.lm.train.checkpoint import trained_state, write_checkpoint
+    from nlpkit.store.gguf_folder import copy_tokenizer_files
 
-    ckpts = out / "checkpoints"
-    ckpts.mkdir(exist_ok=True)
     state = run.state
-    name = f"step-{state['step']:08d}.pt"
     blob = {"model": trained_state(run.policy), "optimizer": run.optimizer.state_dict(), "state": dict(state),
             "generator": run.generator.get_state(), "data_sha256": run.data_sha256}  # fmt: skip
-    with atomic_open(ckpts / name) as f:
-        torch.save(blob, f)
-    write_bytes_atomic(ckpts / "latest", f"{name}\n".encode())
-    for old in sorted(ckpts.glob("step-*.pt"))[:-KEEP_CHECKPOINTS]:
-        old.unlink()
+    write_checkpoint(out, state["step"], blob)
     meta = {"nlpkit.step": str(state["step"]), "nlpkit.base_model": run.sft, "nlpkit.task": "ppo"}
     save_adapter(run.policy.lm, run.lora, out, meta, fingerprint=run.fingerprint)
     head = {k: v.detach().float().cpu().numpy() for k, v in run.policy.v_head.state_dict().items()}
     save_tensors(str(out / VALUE_HEAD_FILE), head, provenance(format="pt"), kind="ppo.value_head")
-    for name in TOKENIZER_FILES:
-        if (run.folder / name).is_file() and not (out / name).is_file():
-            shutil.copyfile(run.folder / name, out / name)
+    copy_tokenizer_files(run.folder, out, replace=False)

@@ -17,10 +17,9 @@ not ``pad_token_id``), so ``transformers`` gives the same numbers from the same 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -144,7 +143,7 @@ def save_reward_model(
 
     from nlpkit.io.files import write_bytes_atomic
     from nlpkit.io.tensors import provenance, save_tensors_streaming
-    from nlpkit.tune.lora import TOKENIZER_FILES
+    from nlpkit.store.gguf_folder import copy_tokenizer_files
 
     folder = Path(folder)
     names, produce = merged_tensors(rm)
@@ -157,9 +156,7 @@ def save_reward_model(
         kind="model.reward",
     )
     write_bytes_atomic(folder / "config.json", (json.dumps(reward_config(rm.cfg), indent=2) + "\n").encode())
-    for name in TOKENIZER_FILES:
-        if (tokenizer_from / name).is_file() and not (folder / name).is_file():
-            shutil.copyfile(tokenizer_from / name, folder / name)
+    copy_tokenizer_files(tokenizer_from, folder, replace=False)
 
 
 def reward_config(cfg: ModelConfig) -> dict[str, Any]:
@@ -178,10 +175,6 @@ def reward_config(cfg: ModelConfig) -> dict[str, Any]:
 def load_reward_model(folder: str | Path, device: str = "cpu") -> tuple[RewardModel, ModelConfig]:
     """A reward model folder (``rlhf rm -o``, or transformers' LlamaForSequenceClassification
     with one label), in eval mode."""
-    from nlpkit.io.tensors import load_tensors
-    from nlpkit.lm.config import read_config
-    from nlpkit.lm.layers import Rotary
-
     if not is_reward_model(folder):
         raise UsageError(
             f"{folder} is not a reward model (config.json names no {ARCHITECTURE})",
@@ -192,24 +185,10 @@ def load_reward_model(folder: str | Path, device: str = "cpu") -> tuple[RewardMo
         raise DataError(
             "a reward model has one label (num_labels 1)", where=str(Path(folder) / "config.json")
         )
-    cfg = read_config(folder)
-    path = str(Path(folder) / "model.safetensors")
-    tensors, _ = load_tensors(path)
-    with torch.device("meta"):
-        rm = RewardModel(cfg)
-    expected = {k for k in rm.state_dict()}
-    if set(tensors) != expected:
-        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-        raise DataError(
-            f"tensors do not match config.json (missing {missing[:3]}, unexpected {extra[:3]})", where=path
-        )
-    state = {k: torch.from_numpy(v.copy()).to(device) for k, v in tensors.items()}
-    try:
-        rm.load_state_dict(state, assign=True)
-    except RuntimeError as e:
-        raise DataError(f"tensor shapes do not match config.json ({str(e)[:300]})", where=path) from None
-    rm.rotary = Rotary(cfg.hs, cfg.block_size, cfg.rope_theta).to(device)
-    return rm.eval(), cfg
+    from nlpkit.lm.model import load_model
+
+    rm, cfg = load_model(folder, device, build=RewardModel)
+    return cast(RewardModel, rm), cfg
 
 
 # --------------------------------------------------------------------------- scoring

@@ -108,26 +108,35 @@ def save_checkpoint(out: Path, run: Run, d: Dist) -> None:
         rngs = [{} for _ in range(d.world)]
         dist.all_gather_object(rngs, _rng_state())
     if d.rank == 0:
-        from nlpkit.io.files import atomic_open, write_bytes_atomic
         from nlpkit.lm.model import save_model
 
-        folder = out / "checkpoints"
-        folder.mkdir(exist_ok=True)
-        name = f"step-{run.state.step:08d}.pt"
         blob = {"model": trained_state(run.model), "optimizer": run.optimizer.state_dict(), "rng": rngs,
                 "state": asdict(run.state), "model_config": asdict(run.model_cfg),
                 "train_config": asdict(run.cfg), "data_sha256": run.data_sha256}  # fmt: skip
-        with atomic_open(folder / name) as f:
-            torch.save(blob, f)
-        write_bytes_atomic(folder / "latest", f"{name}\n".encode())
-        for old in sorted(folder.glob("step-*.pt"))[:-KEEP_CHECKPOINTS]:
-            old.unlink()
+        write_checkpoint(out, run.state.step, blob)
         if run.write is not None:
             run.write(out, run)
         else:
             save_model(run.model, run.model_cfg, out, {"nlpkit.step": str(run.state.step)})
     if d.world > 1:
         torch.distributed.barrier()
+
+
+def write_checkpoint(out: Path, step: int, blob: dict[str, Any]) -> None:
+    """checkpoints/step-N.pt (written atomically), then the ``latest`` pointer; checkpoints
+    older than the last KEEP_CHECKPOINTS are removed. What ``load_checkpoint`` reads."""
+    import torch
+
+    from nlpkit.io.files import atomic_open, write_bytes_atomic
+
+    folder = out / "checkpoints"
+    folder.mkdir(exist_ok=True)
+    name = f"step-{step:08d}.pt"
+    with atomic_open(folder / name) as f:
+        torch.save(blob, f)
+    write_bytes_atomic(folder / "latest", f"{name}\n".encode())
+    for old in sorted(folder.glob("step-*.pt"))[:-KEEP_CHECKPOINTS]:
+        old.unlink()
 
 
 def trained_state(model: Any) -> dict[str, Any]:
