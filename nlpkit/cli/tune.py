@@ -116,60 +116,14 @@ def train_cmd(
 
     Example: nlpkit data show trivia --split train | nlpkit lora train smollm2-135m-instruct -o qa --epochs 1
     """
-    from nlpkit.io.talk import say, set_quiet
-    from nlpkit.lm.lora import LoraConfig
-    from nlpkit.tune.lora import train_lora
+    from nlpkit.io.talk import set_quiet
 
     set_quiet(quiet)
     if not output:
         raise UsageError("give the adapter folder with -o", hint="e.g. -o my-adapter")
-    if epochs is not None and (max_steps is not None or max_time is not None):
-        raise UsageError("give one of --epochs, --max-steps and --max-time")
-    options = dict(
-        max_steps=max_steps,
-        max_time=_seconds(max_time),
-        lr=lr,
-        warmup_steps=warmup_steps,
-        weight_decay=weight_decay,
-        grad_clip=grad_clip,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        eval_interval=eval_interval,
-        eval_iters=eval_iters,
-        log_interval=log_interval,
-        checkpoint_interval=checkpoint_interval,
-        val_fraction=val_fraction,
-        seed=seed,
-        threads=threads,
-        device=None if device == "auto" else device,
-    )
-    overrides = {k: v for k, v in options.items() if v is not None}
     files = [*(data or []), *(inputs or [])] or ["-"]
-    lora = (
-        None
-        if resume
-        else LoraConfig(rank, alpha, dropout, tuple(t.strip() for t in targets.split(",") if t.strip()))
-    )
-    summary = train_lora(
-        model,
-        files,
-        output,
-        lora,
-        overrides=overrides,
-        max_length=max_length,
-        epochs=epochs,
-        eval_paths=eval_data or (),
-        qlora=qlora,
-        resume=resume,
-        wait=wait,
-    )
-    if os.environ.get("RANK", "0") != "0":
-        return
-    print(json.dumps(summary), flush=True)
-    say(
-        f"{summary['step']} steps, val_loss {summary.get('val_loss', float('nan')):.4f}, "
-        f"{summary.get('tokens_per_s')} tokens/s: {output}"
-    )
+    summary = _fine_tune("sft", model, files, output, _lora(rank, alpha, targets, dropout), dict(locals()))
+    _report(summary, output, ("val_loss",))
 
 
 @lora_app.command("merge")
@@ -255,7 +209,7 @@ def _fine_tune(
     return train_lora(
         model, files, output, None if a["resume"] else lora, overrides=overrides, max_length=a["max_length"],
         epochs=a["epochs"], eval_paths=a["eval_data"] or (), resume=a["resume"], wait=a["wait"], task=task,
-        beta=a.get("beta", 0.1),
+        beta=a.get("beta", 0.1), qlora=a.get("qlora", False),
     )  # fmt: skip
 
 
