@@ -424,9 +424,12 @@ def test_full_sft_trains_every_weight_into_a_model_folder(base: Path, tmp_path: 
         train_lora(str(base / "model"), [str(data)], tmp_path / "x", None, overrides=FAST, task="dpo")
 
 
-def test_ppo_stops_an_iteration_at_the_kl_target(base: Path, rm: Path, tmp_path: Path) -> None:
-    """With --target-kl, updates stop within a step once the policy's KL to SFT exceeds it
-    (after at least one); without, every planned minibatch update runs."""
+def test_ppo_trust_region_undoes_updates_past_the_kl_target(base: Path, rm: Path, tmp_path: Path) -> None:
+    """With --target-kl, an update that takes the policy's KL to SFT past the target is undone
+    and ends the iteration: at a target nothing can meet, the policy stays SFT exactly (every
+    LoRA B still zero); without a target every planned minibatch update runs."""
+    from nlpkit.io.tensors import load_tensors
+
     tight = ppo.train_ppo(str(base / "model"), str(rm), [str(base / "prompts.jsonl")], tmp_path / "t", LORA,
                           _ppo_cfg(steps=2, target_kl=1e-9, lr=1e-2))  # fmt: skip
     free = ppo.train_ppo(str(base / "model"), str(rm), [str(base / "prompts.jsonl")], tmp_path / "f", LORA,
@@ -435,7 +438,43 @@ def test_ppo_stops_an_iteration_at_the_kl_target(base: Path, rm: Path, tmp_path:
     t = [json.loads(x) for x in (tmp_path / "t" / "train.jsonl").read_text().splitlines()]
     f = [json.loads(x) for x in (tmp_path / "f" / "train.jsonl").read_text().splitlines()]
     assert [r["planned_updates"] for r in t] == [4, 4] and [r["updates"] for r in f] == [4, 4]
-    assert all(r["updates"] == 1 for r in t)
+    assert [r["updates"] for r in t] == [0, 0]
+    b_tight = {
+        k: v
+        for k, v in load_tensors(str(tmp_path / "t" / "adapter_model.safetensors"))[0].items()
+        if "lora_B" in k
+    }
+    b_free = {
+        k: v
+        for k, v in load_tensors(str(tmp_path / "f" / "adapter_model.safetensors"))[0].items()
+        if "lora_B" in k
+    }
+    assert b_tight and all(not v.any() for v in b_tight.values())
+    assert any(v.any() for v in b_free.values())
+
+
+def test_kl_after_is_the_rollout_kl_and_zero_at_the_reference() -> None:
+    """kl_after: with the policy unchanged (pi == pi_old) the importance weights are 1 and it is
+    the plain mean of log pi - log ref over the response tokens; against itself it is 0."""
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits: torch.Tensor):
+            super().__init__()
+            self.logits = logits
+
+        def forward(self, ids: torch.Tensor, plen: torch.Tensor, R: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.logits, torch.zeros(self.logits.shape[:2])
+
+    g = torch.Generator().manual_seed(0)
+    logits, ref_logits = torch.randn(2, 3, 5, generator=g), torch.randn(2, 3, 5, generator=g)
+    tokens = torch.tensor([[1, 2, 3], [4, 0, 0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    ids, plen = torch.zeros(2, 4, dtype=torch.long), torch.tensor([1, 1])
+    old, _ = ppo.response_logps(logits, tokens)
+    ref, _ = ppo.response_logps(ref_logits, tokens)
+    want = float(((old - ref) * mask).sum() / mask.sum())
+    assert ppo.kl_after(Fixed(logits), ids, plen, tokens, mask, old, ref) == pytest.approx(want, abs=1e-6)
+    assert ppo.kl_after(Fixed(logits), ids, plen, tokens, mask, old, old) == pytest.approx(0.0, abs=1e-7)
 
 
 def test_ppo_sigterm_checkpoints_and_resume_finishes_the_same_run(

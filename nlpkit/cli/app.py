@@ -30,6 +30,13 @@ class _Root(TyperGroup):
             sys.stdout.flush()
             print(f"nlpkit: error: {e}", file=sys.stderr, flush=True)
             raise typer.Exit(e.exit_code) from None
+        except (MemoryError, RuntimeError) as e:  # an allocation the machine cannot give: 1, one line
+            if not _out_of_memory(e) or os.environ.get("NLPKIT_DEBUG", "") not in ("", "0"):
+                raise
+            sys.stdout.flush()
+            what = "out of memory; lower the sizes (--batch-size, --block-size, the model's width or layers)"
+            print(f"nlpkit: error: {what} or use a machine with more memory", file=sys.stderr, flush=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:  # Ctrl-C: what was written is whole; say so in one line
             if os.environ.get("NLPKIT_DEBUG", "") not in ("", "0"):
                 raise
@@ -52,6 +59,14 @@ class _Root(TyperGroup):
                 what = f"{e.strerror or e}; check that the place exists and is writable (NLPKIT_HOME, -o)"
             print(f"nlpkit: error: {where}: {what}", file=sys.stderr, flush=True)
             raise typer.Exit(74) from None
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Python's MemoryError, or torch's failed CPU / CUDA allocation (a RuntimeError)."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)[:500]
+    return "can't allocate memory" in text or "out of memory" in text.lower()
 
 
 app = typer.Typer(

@@ -41,11 +41,18 @@ Quiet = Annotated[
     bool, typer.Option("-q", "--quiet", help="Silence progress and summaries; errors still print.")
 ]
 TopK = Annotated[int, typer.Option("-k", "--top-k", min=1, help="How many results per query.")]
+SEED_MAX = 2**63 - 1  # seeds are 0 .. 2**63 - 1 everywhere (numpy refuses negative ones)
 Seed = Annotated[
-    int, typer.Option("--seed", help="Random seed (random, numpy, torch).", envvar="NLPKIT_SEED")
+    int,
+    typer.Option(
+        "--seed", min=0, max=SEED_MAX, help="Random seed (random, numpy, torch).", envvar="NLPKIT_SEED"
+    ),
 ]
 MaybeSeed = Annotated[
-    int | None, typer.Option("--seed", help="Random seed.", envvar="NLPKIT_SEED", show_default=False)
+    int | None,
+    typer.Option(
+        "--seed", min=0, max=SEED_MAX, help="Random seed.", envvar="NLPKIT_SEED", show_default=False
+    ),
 ]  # None: a different draw every run
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.", envvar="NLPKIT_DEVICE")]
 Field = Annotated[str, typer.Option("--field", help="Record field holding the text.")]

@@ -19,6 +19,7 @@ from nlpkit.cli.options import (
     inputs_or_stdin,
     wants_text,
 )
+from nlpkit.io.limits import LIMITS
 
 tokenize_app = typer.Typer(
     help="Train tokenizers (BPE, WordPiece, Unigram, WordLevel, char) and encode or decode records.",
@@ -42,13 +43,17 @@ def train_cmd(
         str, typer.Option("--model", help="bpe, wordpiece, unigram, wordlevel or char.")
     ] = "bpe",
     vocab_size: Annotated[
-        int, typer.Option("--vocab-size", min=1, help="Tokens in the vocabulary, all included.")
+        int,
+        typer.Option(
+            "--vocab-size", min=1, max=LIMITS["vocab_size"], help="Tokens in the vocabulary, all included."
+        ),
     ] = 8000,
     min_frequency: Annotated[
         int | None,
         typer.Option(
             "--min-frequency",
             min=0,
+            max=2**32 - 1,
             help="Learn no pair/word/char seen fewer times (default 2; not for unigram).",
         ),
     ] = None,

@@ -27,7 +27,7 @@ from nlpkit.cli.lm import (
     WeightDecay,
     _seconds,
 )
-from nlpkit.cli.options import Device, Inputs, MaybeSeed, ModelSpec, Output, Quiet, Wait
+from nlpkit.cli.options import SEED_MAX, Device, Inputs, MaybeSeed, ModelSpec, Output, Quiet, Wait
 from nlpkit.errors import UsageError
 
 lora_app = typer.Typer(
@@ -458,7 +458,9 @@ def ppo_cmd(
     checkpoint_interval: Annotated[
         int, typer.Option("--checkpoint-interval", min=0, help="Steps between checkpoints.")
     ] = 20,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.", envvar="NLPKIT_SEED")] = 1337,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, max=SEED_MAX, help="Random seed.", envvar="NLPKIT_SEED")
+    ] = 1337,
     threads: Threads = None,
     device: Device = "auto",
     resume: Resume = False,

@@ -129,7 +129,7 @@ def word2vec_pairs_cmd(
 
     Example: nlpkit word2vec-pairs --arch cbow --window 2 "the quick brown fox jumps"
     """
-    from nlpkit.io.records import RecordWriter, read_records
+    from nlpkit.io.records import RecordWriter, read_texts
     from nlpkit.io.talk import set_quiet
     from nlpkit.vectors import word2vec as w2v
 
@@ -138,9 +138,7 @@ def word2vec_pairs_cmd(
         arch=arch, window=window, min_count=min_count, sample=sample if seed is not None else 0.0,
         vector_size=vector_size, seed=seed if seed is not None else 1,
     )  # fmt: skip
-    if texts:
-        lines = list(texts)
-    else:
-        lines = [r[field] for _, r in read_records(inputs_or_stdin(inputs), field=field, fmt=input_format)]
+    # files and folders read as train-word2vec reads them
+    lines = list(texts) if texts else list(read_texts(inputs_or_stdin(inputs), field=field, fmt=input_format))
     with RecordWriter(output) as out:
         out.write_all(w2v.training_pairs(lines, cfg, as_trained=seed is not None))
