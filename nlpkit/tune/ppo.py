@@ -13,8 +13,9 @@ details of RLHF with PPO"). The algorithm, one iteration (``PPO step``):
    ``max(-A r, -A clip(r, 1 - eps, 1 + eps))`` plus ``vf_coef`` times the clipped value loss.
 5. With ``target_kl`` (the default, 0.1 nats per token): the KL coefficient adapts toward it
    (Ziegler's proportional controller: ``kl_coef *= 1 + clip(kl / target - 1, -0.2, 0.2) *
-   batch / horizon``), and an iteration stops its minibatch updates (after the first) once the
-   policy's KL to SFT on the rollout passes it: a trust region around SFT. Measured on the
+   batch / horizon``), and a trust region around SFT: after each minibatch update the policy's
+   KL to SFT is estimated on the whole rollout batch (importance-weighted, ``kl_after``); an
+   update that takes it past the target is undone and ends the iteration. Measured on the
    README's example, the controller alone did not hold the target at 16 rollouts per step (it
    lowered the weight while the KL was small, then could not raise it fast enough when the
    policy collapsed into short stock praise: 0.8-1.3 nats per token).
@@ -25,6 +26,7 @@ time of each phase to train.jsonl. SIGTERM checkpoints and exits 143; ``resume=T
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -57,8 +59,8 @@ class PPOConfig:
     max_prompt_length: int = 256  # longer prompts are skipped (counted)
     lr: float = 6e-5
     init_kl_coef: float = 0.15
-    # nats per response token: the KL weight adapts toward it, and an iteration stops updating
-    # once the policy's KL to SFT passes it (the trust region); None: a fixed weight, no stop
+    # nats per response token: the KL weight adapts toward it, and an update that takes the
+    # policy's KL to SFT past it is undone (the trust region); None: a fixed weight, no region
     target_kl: float | None = 0.1
     horizon: int = 500  # samples over which the KL controller moves by its full step
     gamma: float = 1.0
@@ -548,17 +550,12 @@ def _ppo_step(run: PPORun, batch: list[Any]) -> dict[str, Any]:
     sums: dict[str, float] = {}
     n = 0
     updates, planned = 0, cfg.ppo_epochs * (len(batch) // cfg.minibatch)
-    # with a target, an iteration stops updating (after its first update) once the policy's KL to
-    # SFT on this rollout exceeds it: a trust region around SFT that the slow proportional
-    # controller alone did not keep at 16 rollouts per step
+    trainable = [p for p in policy.parameters() if p.requires_grad]
     for mb in _minibatches(len(batch), cfg, generator):
+        if cfg.target_kl:
+            before = ([p.detach().clone() for p in trainable], copy.deepcopy(optimizer.state_dict()))
         new_logits, new_values = policy(ids[mb], plen[mb], R)
         new_logps, entropy = response_logps(new_logits, tokens[mb])
-        # KL to SFT per token, Schulman's k3 estimator (never negative: exp(d) - 1 - d, d = ref - new)
-        d = ref_logps[mb] - new_logps.detach()
-        drift = float(masked_mean(torch.expm1(d) - d, mask[mb]))
-        if cfg.target_kl and updates and drift > cfg.target_kl:
-            break  # the trust region: this iteration moved the policy as far from SFT as allowed
         pg_loss, vf_loss, numbers = ppo_losses(
             new_logps, logps[mb], advantages[mb], new_values, values[mb], returns[mb], mask[mb],
             cfg.cliprange, cfg.cliprange_value,
@@ -567,8 +564,17 @@ def _ppo_step(run: PPORun, batch: list[Any]) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad], cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         optimizer.step()
+        if cfg.target_kl and kl_after(policy, ids, plen, tokens, mask, logps, ref_logps) > cfg.target_kl:
+            # the trust region: this update took the policy past --target-kl from SFT; undo it
+            # and end the iteration (the policy stays inside the region, measured on the whole
+            # rollout batch, the same quantity the evaluation reports)
+            with torch.no_grad():
+                for p, saved in zip(trainable, before[0], strict=True):
+                    p.copy_(saved)
+            optimizer.load_state_dict(before[1])
+            break
         numbers |= {"pg_loss": pg_loss, "value_loss": vf_loss, "entropy": masked_mean(entropy, mask[mb])}
         for k, v in numbers.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -584,13 +590,30 @@ def _ppo_step(run: PPORun, batch: list[Any]) -> dict[str, Any]:
         "kl_coef": kl.coef,
         **{k: v / max(n, 1) for k, v in sums.items()},
         "response_length": float(lengths.mean()),
-        "updates": updates,  # fewer than planned: the KL to SFT reached --target-kl within the step
+        "updates": updates,  # fewer than planned: an update would have passed --target-kl (undone)
         "planned_updates": planned,
         "ended": float(np.mean([bool(r) and r[-1] == eos for r in responses])),
         **{k: round(v, 3) for k, v in times.items()},
     }
     kl.update(kl_per_token, len(batch))
     return record
+
+
+def kl_after(policy: Any, ids: Any, plen: Any, tokens: Any, mask: Any, old: Any, ref: Any) -> float:
+    """The updated policy's KL to SFT per response token, estimated on the rollout batch that
+    the previous policy (log-probabilities ``old``) sampled: ``sum w (log pi - log ref) / sum w``
+    over the tokens, ``w = pi / pi_old`` (self-normalised importance weights; with ``pi ==
+    pi_old`` this is the plain KL of the rollout, as logged and as the evaluation measures)."""
+    import torch
+
+    training = policy.training
+    policy.eval()
+    with torch.no_grad():
+        new, _ = response_logps(policy(ids, plen, tokens.size(1))[0], tokens)
+    policy.train(training)
+    with torch.no_grad():
+        w = torch.exp((new - old).clamp(max=20.0)) * mask
+        return float((w * (new - ref)).sum() / w.sum().clamp(min=1e-12))
 
 
 def _minibatches(n: int, cfg: PPOConfig, generator: Any) -> Any:
