@@ -331,3 +331,117 @@ def test_word2vec_pairs_cli_shows_the_window(runner) -> None:  # type: ignore[no
     assert [(x["input"], x["target"]) for x in rows] == [
         (["a"], "by"), (["by", "red"], "a"), (["a", "bus"], "red"), (["red"], "bus"),
     ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- stop and resume
+
+
+def _paused_then_resumed(tmp_path: Path, cfg: w2v.Word2VecConfig, stop_at: int, threads: int) -> np.ndarray:
+    """Train until the stop flag's ``stop_at``-th question, checkpoint, resume in a new trainer."""
+    import torch
+
+    corpus = w2v_corpus.build_corpus(planted_corpus(600), cfg.min_count)
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= stop_at
+
+    first = Trainer(torch, corpus, cfg, "cpu")
+    first.stop = stop
+    stats = w2v_corpus.TrainStats()
+    assert first.run(None, stats) is None and first.paused is not None
+    ckpt = str(tmp_path / "run.ckpt")
+    w2v._save_checkpoint(first, corpus, cfg, ckpt, stats)
+    again = Trainer(torch, corpus, w2v.Word2VecConfig(**{**cfg.__dict__, "threads": threads}), "cpu")
+    w2v._resume(again, corpus, w2v.Word2VecConfig(**{**cfg.__dict__, "threads": threads}), ckpt, stats)
+    vectors = again.run(None, stats)
+    assert vectors is not None and len(stats.history) == cfg.epochs
+    return vectors
+
+
+@pytest.fixture
+def one_torch_thread():  # type: ignore[no-untyped-def]
+    """As ``w2v.train`` runs the Trainer: one torch thread (an OpenMP pool does not survive the
+    fork of the worker processes)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_stopped_run_resumes_bitwise(tmp_path: Path, threads: int) -> None:
+    """Stopped between two spans of batches (here in its second epoch, mid-epoch) and resumed
+    from the checkpoint, a run gives the very bytes of a run never stopped, with one worker
+    process and with a team of two."""
+    import torch
+
+    cfg = w2v.Word2VecConfig(**{**TINY, "epochs": 3, "batch_words": 16, "threads": threads, "sample": 1e-2})
+    corpus = w2v_corpus.build_corpus(planted_corpus(600), cfg.min_count)
+    whole = Trainer(torch, corpus, cfg, "cpu").run(None, w2v_corpus.TrainStats())
+    spans_per_epoch = -(-len(corpus.ids) // 16) // 32 + 1
+    resumed = _paused_then_resumed(tmp_path, cfg, spans_per_epoch + 3, threads)
+    assert whole is not None and resumed.tobytes() == whole.tobytes()
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_resume_refuses_other_text_or_flags(tmp_path: Path) -> None:
+    import torch
+
+    from nlpkit.errors import InputMissing
+
+    cfg = w2v.Word2VecConfig(**{**TINY, "epochs": 2})
+    corpus = w2v_corpus.build_corpus(planted_corpus(300), cfg.min_count)
+    t = Trainer(torch, corpus, cfg, "cpu")
+    t.stop = lambda: True
+    stats = w2v_corpus.TrainStats()
+    assert t.run(None, stats) is None
+    ckpt = str(tmp_path / "x.ckpt")
+    w2v._save_checkpoint(t, corpus, cfg, ckpt, stats)
+    other = w2v_corpus.build_corpus(planted_corpus(300, seed=1), cfg.min_count)
+    with pytest.raises(UsageError, match="the input text differs"):
+        w2v._resume(Trainer(torch, other, cfg, "cpu"), other, cfg, ckpt, stats)
+    faster = w2v.Word2VecConfig(**{**TINY, "epochs": 2, "alpha": 0.1})
+    with pytest.raises(UsageError, match="--alpha differs"):
+        w2v._resume(Trainer(torch, corpus, faster, "cpu"), corpus, faster, ckpt, stats)
+    with pytest.raises(InputMissing, match="no checkpoint"):
+        w2v._resume(Trainer(torch, corpus, cfg, "cpu"), corpus, cfg, str(tmp_path / "none.ckpt"), stats)
+
+
+def test_sigterm_checkpoints_exits_143_and_resume_finishes(tmp_path: Path) -> None:
+    """`train-word2vec` on SIGTERM: exit 143 with OUTPUT.ckpt and no output; the same command
+    with --resume writes the vectors (the same bytes as a run never stopped) and removes it."""
+    import signal
+    import time
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(planted_corpus(3000)) + "\n")
+    out = tmp_path / "v.safetensors"
+    args = [sys.executable, "-m", "nlpkit", "train-word2vec", "-i", str(corpus), "-o", str(out), "--min-count", "1",
+            "--vector-size", "16", "--epochs", "200", "--batch-words", "256", "--threads", "2"]  # fmt: skip
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    ckpt = Path(f"{out}.ckpt")
+    time.sleep(0.5)
+    assert proc.stderr is not None
+    while "vocabulary" not in proc.stderr.readline():  # training has started
+        assert proc.poll() is None
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143, rest
+    assert "checkpoint saved" in rest and "--resume" in rest and rest.count("nlpkit: error") == 1
+    assert ckpt.is_file() and not out.exists()
+    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    assert out.is_file() and not ckpt.exists()
+    never_stopped = [*args[:7], str(tmp_path / "w.safetensors"), *args[8:]]
+    again = subprocess.run(never_stopped, capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0
+    from nlpkit.vectors.wordvectors import load_vectors
+
+    resumed, whole = load_vectors(str(out)), load_vectors(str(tmp_path / "w.safetensors"))
+    assert resumed.words == whole.words and resumed.vectors.tobytes() == whole.vectors.tobytes()

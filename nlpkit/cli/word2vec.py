@@ -54,6 +54,9 @@ def train_word2vec_cmd(
     input_format: InputFormat = "auto",
     seed: Seed = 1,
     device: Device = "cpu",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a run stopped by SIGTERM or Ctrl-C (OUTPUT.ckpt).")
+    ] = False,
     wait: Wait = False,
     quiet: Quiet = False,
 ) -> None:
@@ -63,13 +66,16 @@ def train_word2vec_cmd(
     records with "text" (a .txt file is always plain text; elsewhere a line that starts with
     "{" is JSON unless --input-format text). Words are lower-cased runs of letters and digits
     (inner apostrophes kept); each line or record is a sentence. Progress (words/s, loss) goes
-    to stderr. The same --seed and --threads give the same bytes on the CPU. Needs PyTorch
+    to stderr. The same --seed and --threads give the same bytes on the CPU. SIGTERM or a first
+    Ctrl-C save a checkpoint beside the output (OUTPUT.ckpt) and exit 143 / 130; the same
+    command with --resume continues it, bitwise with the same --threads. Needs PyTorch
     (pip install 'nlpkit[torch]').
 
     Example: nlpkit train-word2vec -i plays/ -o plays.safetensors &&
     nlpkit analogy --vectors plays.safetensors king - man + woman
     """
     import contextlib
+    import os
 
     from nlpkit.errors import Interrupted
     from nlpkit.io.files import lock_for
@@ -83,12 +89,16 @@ def train_word2vec_cmd(
         threads=threads, batch_words=batch_words, seed=seed,
     )  # fmt: skip
     stats = w2v.TrainStats()
+    checkpoint = f"{output}.ckpt" if output != "-" else None
     with lock_for(output, wait) if output != "-" else contextlib.nullcontext():
         try:
-            wv, meta = w2v.train_vectors(inputs_or_stdin(inputs), cfg, device, field, input_format, stats)
-        except KeyboardInterrupt:
+            wv, meta = w2v.train_vectors(inputs_or_stdin(inputs), cfg, device, field, input_format, stats,
+                                         checkpoint, resume)  # fmt: skip
+        except KeyboardInterrupt:  # a second Ctrl-C
             raise Interrupted("interrupted; nothing was written") from None
         wv.save(output, meta)
+        if checkpoint is not None and os.path.exists(checkpoint):
+            os.remove(checkpoint)  # the vectors are written: the stopped run is done
     say(
         f"trained {cfg.arch} in {stats.seconds:.1f} s ({stats.words_per_second:,.0f} words/s), "
         f"loss {stats.loss:.4f}; wrote {len(wv)} vectors to {output}"

@@ -41,6 +41,8 @@ exact, not a table clipped at +-6. On Shakespeare the vectors score as gensim's 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
@@ -70,24 +72,120 @@ def train(
     device: str = "cpu",
     progress: ProgressFn | None = None,
     stats: TrainStats | None = None,
+    checkpoint: str | None = None,
+    resume: bool = False,
 ) -> np.ndarray:
     """Train word vectors on ``corpus``; returns the input vectors, ``(len(corpus.words), vector_size)``.
 
     ``progress`` is called about twice a second with the raw words done since its last call and the
     mean loss per pair of the epoch so far. On the CPU, the same seed and thread count give the
     same bytes.
+
+    SIGTERM or a first Ctrl-C stop the run between two spans of batches (a fraction of a second):
+    with ``checkpoint`` (a file path) the matrices, the random generator's state and the place
+    are written there, then ``Stopped`` (exit 143) or ``Interrupted`` (130) is raised;
+    ``resume=True`` continues from that file, bitwise as if never stopped (same seed and
+    threads). The caller removes the checkpoint once the vectors are safely written.
     """
+    from nlpkit.errors import Interrupted, Stopped
+    from nlpkit.lm.train.checkpoint import StopFlag
+
     torch = import_torch()
     device = resolve_device(device)
+    stats = stats if stats is not None else TrainStats()
     old_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the parallelism is ours: one torch thread per worker process (Trainer)
     try:
-        return Trainer(torch, corpus, cfg, device).run(progress, stats if stats is not None else TrainStats())
+        trainer = Trainer(torch, corpus, cfg, device)
+        if resume:
+            _resume(trainer, corpus, cfg, checkpoint, stats)
+        with StopFlag() as stop:
+            trainer.stop = lambda: bool(stop.signum)
+            vectors = trainer.run(progress, stats)
+        if vectors is None:  # stopped by a signal between two spans
+            error, how = (Stopped, "SIGTERM") if stop.signum == signal.SIGTERM else (Interrupted, "Ctrl-C")
+            assert trainer.paused is not None
+            if checkpoint is None:
+                raise error(f"stopped by {how}; nothing was written")
+            _save_checkpoint(trainer, corpus, cfg, checkpoint, stats)
+            pause = trainer.paused
+            raise error(f"stopped by {how} in epoch {pause.epoch + 1} of {cfg.epochs}; checkpoint saved",
+                        where=checkpoint, hint="continue with --resume")  # fmt: skip
+        return vectors
     finally:
         torch.set_num_threads(old_threads)
 
 
-def train_with_progress(corpus: Corpus, cfg: Word2VecConfig, device: str, stats: TrainStats) -> np.ndarray:
+CHECKPOINT_KIND = "word2vec-checkpoint"
+
+
+def _fingerprint(corpus: Corpus, cfg: Word2VecConfig) -> dict[str, object]:
+    """What a resumed run must share with the stopped one (the thread count may change: the
+    random draws are the same, only float sums may round differently)."""
+    return {**{k: v for k, v in asdict(cfg).items() if k != "threads"}, "corpus_sha256": corpus.sha256,
+            "vocab": len(corpus.words)}  # fmt: skip
+
+
+def _save_checkpoint(
+    trainer: Trainer, corpus: Corpus, cfg: Word2VecConfig, path: str, stats: TrainStats
+) -> None:
+    from nlpkit.io.tensors import save_tensors
+
+    pause = trainer.paused
+    assert pause is not None
+    syn0, syn1 = trainer.matrices()
+    state = {"epoch": pause.epoch, "first": pause.first, "loss": pause.loss, "pairs": pause.pairs,
+             "history": stats.history, "pairs_total": stats.pairs}  # fmt: skip
+    tensors = {"syn0": syn0.cpu().numpy(), "syn1": syn1.cpu().numpy(),
+               "epoch_rng": pause.epoch_rng.numpy(), "rng": pause.rng.numpy()}  # fmt: skip
+    meta = {"nlpkit.word2vec.run": json.dumps(_fingerprint(corpus, cfg), sort_keys=True),
+            "nlpkit.word2vec.state": json.dumps(state)}  # fmt: skip
+    save_tensors(path, tensors, meta, kind=CHECKPOINT_KIND)
+
+
+def _resume(
+    trainer: Trainer, corpus: Corpus, cfg: Word2VecConfig, path: str | None, stats: TrainStats
+) -> None:
+    from nlpkit.errors import DataError, InputMissing, UsageError
+    from nlpkit.io.tensors import load_tensors
+    from nlpkit.vectors.word2vec_trainer import Pause
+
+    if path is None or not os.path.exists(path):
+        raise InputMissing("no checkpoint to resume from", where=str(path),
+                           hint="start without --resume (a finished run leaves none)")  # fmt: skip
+    tensors, meta = load_tensors(path, copy=True)
+    if meta.get("nlpkit.kind") != CHECKPOINT_KIND or "nlpkit.word2vec.run" not in meta:
+        raise DataError("not a train-word2vec checkpoint", where=path)
+    saved, mine = json.loads(meta["nlpkit.word2vec.run"]), _fingerprint(corpus, cfg)
+    changed = [k for k in mine if saved.get(k) != mine[k]]
+    if changed:
+        data = "corpus_sha256" in changed or "vocab" in changed
+        what = "the input text" if data else f"--{changed[0].replace('_', '-')}"
+        hint = "pass the same inputs and flags (only --threads may change)"
+        raise UsageError(
+            f"{what} differs from the stopped run's; --resume continues it", where=path, hint=hint
+        )
+    V, d = len(corpus.words), cfg.vector_size
+    if any(k not in tensors or tensors[k].shape != (V, d) for k in ("syn0", "syn1")):
+        raise DataError(f"the checkpoint's matrices are not {V} x {d}", where=path)
+    state = json.loads(meta["nlpkit.word2vec.state"])
+    torch, dev = trainer.torch, trainer.device
+    rngs = [torch.from_numpy(tensors[k]) for k in ("epoch_rng", "rng")]
+    pause = Pause(
+        int(state["epoch"]), int(state["first"]), *rngs, float(state["loss"]), float(state["pairs"])
+    )
+    trainer.load(torch.from_numpy(tensors["syn0"]).to(dev), torch.from_numpy(tensors["syn1"]).to(dev), pause)
+    stats.history, stats.pairs = list(state["history"]), int(state["pairs_total"])
+
+
+def train_with_progress(
+    corpus: Corpus,
+    cfg: Word2VecConfig,
+    device: str,
+    stats: TrainStats,
+    checkpoint: str | None = None,
+    resume: bool = False,
+) -> np.ndarray:
     """``train`` with nlpkit's progress on stderr: words done, words/s and the loss."""
     from nlpkit.io.talk import Progress
 
@@ -99,7 +197,7 @@ def train_with_progress(corpus: Corpus, cfg: Word2VecConfig, device: str, stats:
             rate = (bar.done + words) / max(time.perf_counter() - start, 1e-9)
             bar.advance(words, **{"words/s": f"{rate:,.0f}", "loss": f"{loss:.4f}"})
 
-        return train(corpus, cfg, device, report, stats)
+        return train(corpus, cfg, device, report, stats, checkpoint, resume)
 
 
 def train_vectors(
@@ -109,16 +207,20 @@ def train_vectors(
     field: str = "text",
     fmt: str = "auto",
     stats: TrainStats | None = None,
+    checkpoint: str | None = None,
+    resume: bool = False,
 ) -> tuple[WordVectors, dict[str, str]]:
     """``nlpkit train-word2vec``: read, count, train with progress on stderr. Returns the vectors
-    and the metadata to store with them (hyperparameters and provenance, ``nlpkit.word2vec``)."""
+    and the metadata to store with them (hyperparameters and provenance, ``nlpkit.word2vec``);
+    ``checkpoint`` and ``resume`` as in ``train``."""
     from nlpkit.io.talk import say
     from nlpkit.vectors.wordvectors import WordVectors
 
     device = resolve_device(device)  # fail (69) before reading a large corpus
     corpus = build_corpus(read_texts(paths, field, fmt), cfg.min_count, cfg.max_vocab)
     say(f"{corpus.raw_words} words in {corpus.records} records; vocabulary {len(corpus.words)} words")
-    vectors = train_with_progress(corpus, cfg, device, stats if stats is not None else TrainStats())
+    stats = stats if stats is not None else TrainStats()
+    vectors = train_with_progress(corpus, cfg, device, stats, checkpoint, resume)
     info = {**asdict(cfg), "device": device, "tokenizer": f"lowercase, regex {TOKEN_RE.pattern}",
             "inputs": list(paths), "corpus_sha256": corpus.sha256, "records": corpus.records,
             "raw_words": corpus.raw_words, "vocab": len(corpus.words)}  # fmt: skip

@@ -48,6 +48,20 @@ class _Updates:
     pairs: Any = None
 
 
+@dataclass
+class Pause:
+    """Where a stopped run stands, all it takes to continue it bitwise: the span of batches to
+    start from, the generator's state when the epoch's arrays were drawn and before that span's
+    draws, and the epoch's loss so far. The matrices are the trainer's."""
+
+    epoch: int
+    first: int  # the next span's first batch
+    epoch_rng: Any  # torch.ByteTensor
+    rng: Any
+    loss: float
+    pairs: float
+
+
 class Trainer:
     """One run: the two matrices, the noise table, and the workers that share the work.
 
@@ -97,21 +111,44 @@ class Trainer:
         self.pairs = torch.zeros((), dtype=torch.float64, device=device)
         self.team: Team | None = None
         self.w = 0
+        # a run stops between spans of batches once ``stop()`` says so (the parent's signal
+        # handler); ``paused`` then says where, and a Trainer given ``resume`` continues there
+        self.stop: Callable[[], bool] = lambda: False
+        self.paused: Pause | None = None
+        self.resume: Pause | None = None
+        self.words_before = 0  # raw words a resumed run's earlier part did
+
+    def matrices(self) -> tuple[Any, Any]:
+        """(syn0, syn1), every worker's columns joined."""
+        return self.torch.cat(self.syn0s, dim=1), self.torch.cat(self.syn1s, dim=1)
+
+    def load(self, syn0: Any, syn1: Any, pause: Pause) -> None:
+        """Continue a paused run: its matrices (split among this run's workers) and its place."""
+        edges = [0, *itertools.accumulate(t.shape[1] for t in self.syn0s)]
+        for i, (a, b) in enumerate(itertools.pairwise(edges)):
+            self.syn0s[i].copy_(syn0[:, a:b])
+            self.syn1s[i].copy_(syn1[:, a:b])
+        self.resume = pause
 
     # ----------------------------------------------------------------- epochs, batches, workers
 
-    def run(self, progress: ProgressFn | None, stats: TrainStats) -> np.ndarray:
+    def run(self, progress: ProgressFn | None, stats: TrainStats) -> np.ndarray | None:
+        """Train; the input vectors, or None when ``stop()`` paused the run (see ``paused``)."""
         start = time.perf_counter()
         self.progress, self.stats, self.reported, self.last = progress, stats, 0, start
         if self.workers == 1:
             self._work(0)
         else:
             self._run_team()
+        if self.paused is not None:
+            stats.seconds = time.perf_counter() - start
+            return None
         vectors = self.torch.cat(self.syn0s, dim=1).cpu().numpy()
-        stats.words, stats.seconds = self.cfg.epochs * self.raw_words, time.perf_counter() - start
+        stats.words = self.cfg.epochs * self.raw_words - self.words_before  # this run's (resumed: the rest)
+        stats.seconds = time.perf_counter() - start
         stats.loss = stats.history[-1]
         if progress is not None:
-            progress(stats.words - self.reported, stats.loss)
+            progress(self.cfg.epochs * self.raw_words - self.reported, stats.loss)
         if not np.isfinite(vectors).all():
             raise DataError("training diverged (NaN in the vectors)", hint="lower --alpha or --batch-words")
         return vectors
@@ -121,11 +158,25 @@ class Trainer:
         numbers (the generator was forked in the same state)."""
         cfg, B = self.cfg, self.B
         self.w, self.syn0, self.syn1 = w, self.syn0s[w], self.syn1s[w]
-        for epoch in range(cfg.epochs):
+        resume = self.resume
+        for epoch in range(resume.epoch if resume else 0, cfg.epochs):
+            if resume:
+                self.gen.set_state(resume.epoch_rng)
+            epoch_rng = self.gen.get_state()
             ids, sentence, reach, count = self._epoch_arrays()
             n, steps = max(count, 1), -(-count // B)
             self.loss.zero_(), self.pairs.zero_()
-            for first in range(0, steps, SPAN):
+            start = 0
+            if resume:  # the epoch's arrays are drawn again; the rest continues where it stopped
+                self.gen.set_state(resume.rng)
+                self.loss.fill_(resume.loss), self.pairs.fill_(resume.pairs)
+                start, resume = resume.first, None
+                self.words_before = self.reported = int(self.raw_words * (epoch + min(start * B, n) / n))
+            for first in range(start, steps, SPAN):
+                if self._stop_here(w):
+                    self.paused = Pause(epoch, first, epoch_rng, self.gen.get_state(), float(self.loss),
+                                        float(self.pairs))  # fmt: skip
+                    return
                 span = self._span(ids, sentence, reach, first, min(steps, first + SPAN))
                 for k in range(first, min(steps, first + SPAN)):
                     lr = cfg.alpha - (cfg.alpha - cfg.min_alpha) * (epoch + k * B / n) / cfg.epochs
@@ -135,6 +186,18 @@ class Trainer:
             if w == 0:
                 self.stats.history.append(float(self.loss) / max(float(self.pairs), 1.0))
                 self.stats.pairs += int(self.pairs)
+
+    def _stop_here(self, w: int) -> bool:
+        """Whether the run stops before this span: worker 0 decides (``stop()``) and, in a team,
+        posts the decision before a barrier that every worker passes before reading it, so all
+        stop at the same batch with every update applied."""
+        if self.team is None:
+            return self.stop()
+        flags, T = self.team.flags, self.workers
+        if w == 0 and self.stop():
+            flags[T + 1] = 1
+        self.team.wait(w)
+        return bool(flags[T + 1])
 
     def _run_team(self) -> None:
         """Fork workers 1..T-1 over the shared matrices; this process is worker 0."""
@@ -167,7 +230,8 @@ class Trainer:
     def _child(self, w: int, parent: int) -> None:
         assert self.team is not None
         self.team.alive = lambda: os.getppid() == parent
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM are the parent's to handle
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (it stops the team between two spans)
         with contextlib.suppress(Exception):  # die with the parent (Linux)
             ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         try:
@@ -352,8 +416,10 @@ class Team:
             (B // GROUP, GROUP, trainer.pool),
         ]
         self.boxes = [[[torch.zeros(s).share_memory_() for s in shapes] for _ in range(2)] for _ in range(T)]
-        # the barrier: each worker's count of barriers passed, then an abort flag (shared memory)
-        self.flags = np.frombuffer(ctx.RawArray("q", T + 1), dtype=np.int64)
+        # the barrier: each worker's count of barriers passed, then an abort flag and a stop flag
+        # (shared memory)
+        self.T = T
+        self.flags = np.frombuffer(ctx.RawArray("q", T + 2), dtype=np.int64)
         self.passed = 0
         self.alive: Callable[[], bool] = lambda: True
         self.errors = ctx.SimpleQueue()
@@ -380,8 +446,8 @@ class Team:
         self.passed += 1
         self.flags[w] = self.passed
         waits, start = 0, time.monotonic()
-        while self.flags[:-1].min() < self.passed:
-            if self.flags[-1]:
+        while self.flags[: self.T].min() < self.passed:
+            if self.flags[self.T]:
                 raise _Aborted
             waits += 1
             if waits > 50:
@@ -390,4 +456,4 @@ class Team:
                 self.abort()
 
     def abort(self) -> None:
-        self.flags[-1] = 1
+        self.flags[self.T] = 1
