@@ -357,6 +357,32 @@ def test_qlora_trains_with_an_nf4_base_and_its_adapter_loads_over_the_float_base
     assert all(".lora_" in k for k in ckpt["model"])
 
 
+def test_qlora_holds_every_frozen_linear_as_nf4_not_only_the_adapted(base: Path) -> None:
+    """With adapters on q_proj and v_proj only, k/o/gate/up/down are NF4 too (QLoRA's base is
+    all 4-bit); the head stays; outputs match the float model within NF4's error."""
+    from nlpkit.tune.nf4 import NF4Linear, QLoRALinear, dequantize_nf4, quantize_bases
+
+    model, _ = load_model(base / "model")
+    x = torch.randint(0, 400, (2, 10))
+    with torch.no_grad():
+        want = model(x)[0]
+    apply_lora(model, LoraConfig(dropout=0.0, targets=("q_proj", "v_proj")))
+    sizes = quantize_bases(model)
+    kinds = {n.rpartition(".")[2]: type(m) for n, m in model.named_modules() if ".layers." in n}
+    assert kinds["q_proj"] is QLoRALinear and kinds["v_proj"] is QLoRALinear
+    assert all(kinds[k] is NF4Linear for k in ("k_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    plain = [n for n, m in model.named_modules() if type(m) is torch.nn.Linear and ".lora_" not in n]
+    assert plain == ["lm_head"], plain
+    assert type(model.lm_head) is not NF4Linear
+    assert sizes["ratio"] < 0.2
+    layer = model.model.layers[0].mlp.down_proj
+    h = torch.randn(3, layer.in_features)
+    assert torch.allclose(layer(h), h @ dequantize_nf4(layer.nf4).T, atol=1e-5)
+    with torch.no_grad():
+        got = model(x)[0]
+    assert (got.softmax(-1) - want.softmax(-1)).abs().max() < 0.1  # 4-bit weights, the same model
+
+
 def test_the_frozen_head_loss_equals_logits_then_cross_entropy(base: Path) -> None:
     model, _ = load_model(base / "model")
     apply_lora(model, LoraConfig(dropout=0.0, targets=("all-linear",)))

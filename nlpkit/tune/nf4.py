@@ -2,7 +2,7 @@
 
     q = quantize_nf4(w)             # NF4: packed codes, double-quantized block scales
     w2 = dequantize_nf4(q)          # float32, (out, in); |w - w2| <= one code step per block
-    quantize_bases(model)           # every LoRALinear's frozen weight becomes NF4 (QLoRA)
+    quantize_bases(model)           # every frozen linear weight becomes NF4 (QLoRA), the head excepted
 
 * 16 levels: the quantiles of N(0, 1) scaled to [-1, 1] with an exact zero (``NF4_CODE``,
   bitsandbytes' table); each block of 64 weights is divided by its absolute maximum and each
@@ -122,7 +122,7 @@ class _NF4Linear(torch.autograd.Function):
     """y = x W^T with W dequantized on the fly; saves only the NF4 bytes, not W (no weight grad)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, module: QLoRALinear) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, module: QLoRALinear | NF4Linear) -> torch.Tensor:
         ctx.module = module
         return F.linear(x, module.base_weight(x.dtype))
 
@@ -170,14 +170,57 @@ class QLoRALinear(LoRALinear):
         return out + (self.lora_b(a) * self.scaling).to(out.dtype)
 
 
+class NF4Linear(nn.Module):
+    """A frozen linear layer without an adapter, its weight held as NF4 (QLoRA quantizes every
+    linear layer of the base, not only the adapted ones)."""
+
+    nf4_packed: torch.Tensor
+    nf4_scale_codes: torch.Tensor
+    nf4_scale_absmax: torch.Tensor
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.bias = linear.bias
+        q = quantize_nf4(linear.weight.detach())
+        self.register_buffer("nf4_packed", q.packed)
+        self.register_buffer("nf4_scale_codes", q.scale_codes)
+        self.register_buffer("nf4_scale_absmax", q.scale_absmax)
+        self.nf4_offset, self.nf4_shape, self.dtype = q.scale_offset, q.shape, linear.weight.dtype
+
+    @property
+    def nf4(self) -> NF4:
+        return NF4(
+            self.nf4_packed, self.nf4_scale_codes, self.nf4_scale_absmax, self.nf4_offset, self.nf4_shape
+        )
+
+    def base_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return dequantize_nf4(self.nf4, dtype or self.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = _NF4Linear.apply(x, self)
+        return out if self.bias is None else out + self.bias
+
+
+# the output head stays as it is (often tied to the embedding; PEFT and bitsandbytes skip it
+# too), and so does a trainable head (a reward model's score)
+KEEP = ("lm_head", "score")
+
+
 def quantize_bases(model: nn.Module) -> dict[str, float]:
-    """Replace every LoRALinear by a QLoRALinear (its weight to NF4); the bytes before and after."""
+    """QLoRA's base: every LoRALinear becomes a QLoRALinear and every other frozen linear layer
+    an NF4Linear (weights to NF4), the output head excepted; the bytes before and after."""
     before = after = 0
     for name, module in list(model.named_modules()):
+        leaf_name = name.rpartition(".")[2]
         if isinstance(module, LoRALinear) and not isinstance(module, QLoRALinear):
-            q = QLoRALinear(module)
-            before += module.weight.numel() * 4
-            after += q.nf4.nbytes()
-            parent, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent), leaf, q)
+            q: nn.Module = QLoRALinear(module)
+        elif type(module) is nn.Linear and leaf_name not in KEEP and not module.weight.requires_grad:
+            q = NF4Linear(module)
+        else:
+            continue
+        before += module.weight.numel() * 4
+        after += q.nf4.nbytes()  # type: ignore[operator]
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, q)
     return {"float32": before, "nf4": after, "ratio": after / max(before, 1)}
