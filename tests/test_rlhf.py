@@ -455,7 +455,8 @@ def test_ppo_trust_region_undoes_updates_past_the_kl_target(base: Path, rm: Path
 
 def test_kl_after_is_the_rollout_kl_and_zero_at_the_reference() -> None:
     """kl_after: with the policy unchanged (pi == pi_old) the importance weights are 1 and it is
-    the plain mean of log pi - log ref over the response tokens; against itself it is 0."""
+    the plain mean of log pi - log ref over the response tokens, with the ratio estimator's
+    standard error over the sequences; against itself both are 0."""
 
     class Fixed(torch.nn.Module):
         def __init__(self, logits: torch.Tensor):
@@ -473,8 +474,13 @@ def test_kl_after_is_the_rollout_kl_and_zero_at_the_reference() -> None:
     old, _ = ppo.response_logps(logits, tokens)
     ref, _ = ppo.response_logps(ref_logits, tokens)
     want = float(((old - ref) * mask).sum() / mask.sum())
-    assert ppo.kl_after(Fixed(logits), ids, plen, tokens, mask, old, ref) == pytest.approx(want, abs=1e-6)
-    assert ppo.kl_after(Fixed(logits), ids, plen, tokens, mask, old, old) == pytest.approx(0.0, abs=1e-7)
+    k, n = ((old - ref) * mask).sum(1), mask.sum(1)  # per sequence: the ratio estimator's error
+    se = float(((k - want * n) ** 2).sum().div(2 * 1).sqrt() / n.mean())
+    kl, err = ppo.kl_after(Fixed(logits), ids, plen, tokens, mask, old, ref)
+    assert kl == pytest.approx(want, abs=1e-6) and err == pytest.approx(se, abs=1e-6) and err > 0
+    assert ppo.kl_after(Fixed(logits), ids, plen, tokens, mask, old, old) == pytest.approx(
+        (0.0, 0.0), abs=1e-7
+    )
 
 
 def test_ppo_sigterm_checkpoints_and_resume_finishes_the_same_run(
