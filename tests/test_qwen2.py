@@ -287,3 +287,41 @@ def test_qwen2_quantizes_to_an_onnx_decoder_with_its_biases(tiny_qwen, tmp_path:
     with torch.inference_mode():
         got, want = quant.prefill([IDS[0]], 1)[0], exact.prefill([IDS[0]], 1)[0]
     assert (got - want).abs().max() < 0.05 * want.abs().max()
+
+
+def test_lora_on_qwen2_trains_and_peft_loads_it_over_the_hf_export(tiny_qwen, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`lora train` on a qwen2 model (q/k/v with biases): the loss falls, and PEFT's
+    PeftModel over `export --to hf` (Qwen2ForCausalLM) gives nlpkit's logits; QLoRA trains too."""
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    from nlpkit.lm.lora import LoraConfig, load_adapter
+    from nlpkit.lm.model import load_model
+    from nlpkit.tune.lora import train_lora
+
+    root, _, _ = tiny_qwen
+    data = tmp_path / "chat.jsonl"
+    rows = [{"instruction": f"Say {w}.", "output": w} for w in ("yes", "no", "maybe", "soon", "later")]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows * 8))
+    overrides = {"max_steps": 6, "lr": 2e-2, "warmup_steps": 0, "device": "cpu", "threads": 1,
+                 "log_interval": 1, "batch_size": 4}  # fmt: skip
+    out = tmp_path / "adapter"
+    train_lora(
+        str(root / "model"), [str(data)], out, LoraConfig(targets=("all-linear",)), overrides=overrides
+    )
+    log = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert losses[-1] < losses[0]
+    assert run_cli("export", str(root / "model"), "--to", "hf", str(tmp_path / "hf")).returncode == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    assert type(hf).__name__ == "Qwen2ForCausalLM"
+    theirs = peft.PeftModel.from_pretrained(hf, str(out)).eval()
+    ours, _ = load_model(root / "model")
+    load_adapter(ours, out)
+    ours.eval()
+    ids = torch.tensor(IDS)
+    with torch.no_grad():
+        assert torch.allclose(theirs(ids).logits, ours(ids)[0], atol=1e-4)
+    q = train_lora(
+        str(root / "model"), [str(data)], tmp_path / "q", LoraConfig(), overrides=overrides, qlora=True
+    )
+    assert q["qlora"] and q["base_bytes"]["ratio"] < 0.2
