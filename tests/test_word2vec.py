@@ -106,10 +106,13 @@ def test_config_names_the_flag_in_errors() -> None:
 torch = pytest.importorskip("torch")
 
 
+@pytest.mark.parametrize("noise_mode", ["pooled", "per-pair"])
 @pytest.mark.parametrize("arch", ["skipgram", "cbow"])
-def test_batch_updates_equal_autograd_gradients(arch: str) -> None:
+def test_batch_updates_equal_autograd_gradients(arch: str, noise_mode: str) -> None:
     """One batch's hand-written updates (lr=1) equal minus autograd's gradient of the loss the
-    docstrings state: banded pairs, a noise pool per group of centres, exact sigmoid."""
+    docstrings state: banded pairs, a noise pool per group of centres (or, per-pair, word2vec's
+    own: `negative` noise words for each pair, one equal to the pair's output word skipped),
+    exact sigmoid."""
     F = torch.nn.functional
     rng = np.random.default_rng(0)
     V, d, n = 30, 8, 200
@@ -117,7 +120,7 @@ def test_batch_updates_equal_autograd_gradients(arch: str) -> None:
     corpus = w2v.Corpus([f"w{i}" for i in range(V)], np.bincount(ids, minlength=V) + 1, ids,
                         np.repeat(np.arange(20), 10).astype(np.int32), n)  # fmt: skip
     cfg = w2v.Word2VecConfig(arch=arch, vector_size=d, window=3, negative=4, min_count=1, sample=0,
-                             batch_words=64, threads=1)  # fmt: skip
+                             batch_words=64, threads=1, noise=noise_mode)  # fmt: skip
     tr = Trainer(torch, corpus, cfg, "cpu")
     tr.syn0, tr.syn1 = torch.randn(V, d, dtype=torch.float64), torch.randn(V, d, dtype=torch.float64)
     syn0, syn1 = tr.syn0.clone().requires_grad_(), tr.syn1.clone().requires_grad_()
@@ -128,7 +131,8 @@ def test_batch_updates_equal_autograd_gradients(arch: str) -> None:
     tr._apply(tr._compute(span, 0, 1.0, True))
     # the same noise draws, then the loss of batch 0 written the slow, obvious way
     tr.gen.set_state(state)
-    B, W, G, P = tr.B, cfg.window, GROUP, tr.pool
+    B, W, G, P = tr.B, cfg.window, tr.G, tr.pool
+    assert (1 if noise_mode == "per-pair" else GROUP) == G
     noise = tr._noise(B // G).long()
     sent = corpus.sentence
     ctx = torch.zeros(B, 2 * W + 1, dtype=torch.long)  # context word ids (0 where none)
@@ -150,24 +154,36 @@ def test_batch_updates_equal_autograd_gradients(arch: str) -> None:
         has = (n_ctx > 0).double()
         noise_weight = has * cfg.negative / P
         loss = -(F.logsigmoid((x * syn1[ids_c]).sum(-1)) * has).sum()
-    noise_scores = torch.einsum("gcd,gpd->gcp", x.view(B // G, G, d), syn1[noise])
-    weight = noise_weight.view(B // G, G, 1)
-    if arch == "cbow":
-        weight = weight * (noise.view(B // G, 1, P) != ids_c.view(B // G, G, 1))
-    loss = loss - (F.logsigmoid(-noise_scores) * weight).sum()
+    if noise_mode == "per-pair":  # term by term: pair (c, k) [skip-gram] or centre c [CBOW]
+        neg = cfg.negative
+        for c in range(B):
+            for k in range(2 * W + 1) if arch == "skipgram" else [None]:
+                if (m[c, k] if k is not None else has[c]) == 0:
+                    continue
+                out = int(ctx[c, k]) if k is not None else int(ids_c[c])
+                for j in range(neg):
+                    u = int(noise[c, (k or 0) * neg + j])
+                    if u != out:
+                        loss = loss - F.logsigmoid(-(x[c] * syn1[u]).sum())
+    else:
+        noise_scores = torch.einsum("gcd,gpd->gcp", x.view(B // G, G, d), syn1[noise])
+        weight = noise_weight.view(B // G, G, 1)
+        if arch == "cbow":
+            weight = weight * (noise.view(B // G, 1, P) != ids_c.view(B // G, G, 1))
+        loss = loss - (F.logsigmoid(-noise_scores) * weight).sum()
     loss.backward()
     assert (tr.syn1 - syn1.detach()).numpy() == pytest.approx(-syn1.grad.numpy(), abs=1e-12)
     if arch == "skipgram":  # (CBOW, like gensim, adds the whole error to each context word)
         assert (tr.syn0 - syn0.detach()).numpy() == pytest.approx(-syn0.grad.numpy(), abs=1e-12)
 
 
+@pytest.mark.parametrize("noise_mode", ["pooled", "per-pair"])
 @pytest.mark.parametrize("arch", ["skipgram", "cbow"])
-def test_tiny_run_lowers_the_loss_and_pulls_planted_words_together(arch: str) -> None:
+def test_tiny_run_lowers_the_loss_and_pulls_planted_words_together(arch: str, noise_mode: str) -> None:
     corpus = w2v.build_corpus(planted_corpus(), min_count=1)
     stats, calls = w2v.TrainStats(), []
-    v = w2v.train(
-        corpus, w2v.Word2VecConfig(arch=arch, **TINY), stats=stats, progress=lambda *a: calls.append(a)
-    )
+    cfg = w2v.Word2VecConfig(arch=arch, noise=noise_mode, **TINY)
+    v = w2v.train(corpus, cfg, stats=stats, progress=lambda *a: calls.append(a))
     assert sum(words for words, _ in calls) == 12 * corpus.raw_words and calls[-1][1] == stats.loss
     assert v.shape == (24, 16) and v.dtype == np.float32
     assert stats.history[-1] < 0.8 * stats.history[0]
@@ -184,6 +200,8 @@ def test_two_worker_processes_train_and_repeat_themselves() -> None:
     cfg = w2v.Word2VecConfig(arch="skipgram", **{**TINY, "threads": 2})
     first, again = w2v.train(corpus, cfg), w2v.train(corpus, cfg)
     assert first.tobytes() == again.tobytes()
+    per_pair = w2v.Word2VecConfig(arch="skipgram", noise="per-pair", **{**TINY, "threads": 2})
+    assert w2v.train(corpus, per_pair).tobytes() == w2v.train(corpus, per_pair).tobytes()
     assert cos(first, corpus.words, "sun", "moon") > max(cos(first, corpus.words, "sun", w) for w in PETS)
     assert torch.get_num_threads() == 2  # restored
 

@@ -32,6 +32,14 @@ def train_word2vec_cmd(
     negative: Annotated[
         int, typer.Option("--negative", help="Noise words per word (negative sampling).")
     ] = 5,
+    noise: Annotated[
+        str,
+        typer.Option(
+            "--noise",
+            help="pooled: a shared pool of noise words per 8 centres (fast); per-pair: --negative "
+            "noise words for every pair, as gensim and word2vec.c draw them.",
+        ),
+    ] = "pooled",
     min_count: Annotated[int, typer.Option("--min-count", help="Leave out words seen fewer times.")] = 5,
     max_vocab: Annotated[
         int, typer.Option("--max-vocab", help="Keep the N most frequent words (0: all).")
@@ -86,7 +94,7 @@ def train_word2vec_cmd(
     cfg = w2v.Word2VecConfig(
         arch=arch, vector_size=vector_size, window=window, negative=negative, min_count=min_count,
         max_vocab=max_vocab, sample=sample, alpha=alpha, min_alpha=min_alpha, epochs=epochs,
-        threads=threads, batch_words=batch_words, seed=seed,
+        threads=threads, batch_words=batch_words, seed=seed, noise=noise,
     )  # fmt: skip
     stats = w2v.TrainStats()
     checkpoint = f"{output}.ckpt" if output != "-" else None

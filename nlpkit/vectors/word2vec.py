@@ -33,8 +33,9 @@ summed (gensim applies each pair's update at once, its worker threads racing, Ho
 much larger minibatches train worse (skip-gram diverges at 4096 on Shakespeare: a clear
 error, exit 65), so keep ``--batch-words`` near its default. Skip-gram takes the centre word
 as input and scores its context words (word2vec.c scores the centre from each context word:
-the same pairs, roles swapped). The noise words are pooled as said above, and the sigmoid is
-exact, not a table clipped at +-6. On Shakespeare the vectors score as gensim's do
+the same pairs, roles swapped). The noise words are pooled as said above (``noise="per-pair"``,
+``--noise per-pair``, draws word2vec's own instead: ``negative`` noise words for every pair,
+the same work per pair as gensim, slower), and the sigmoid is exact, not a table clipped at +-6. On Shakespeare the vectors score as gensim's do
 (bench/bench_word2vec.py).
 """
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from nlpkit.errors import DataError, UsageError
 
+NOISE = ("pooled", "per-pair")
 TOKEN_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 ARCHS = ("cbow", "skipgram")
 
@@ -44,9 +45,14 @@ class Word2VecConfig:
     threads: int = 2  # CPU workers (processes, one torch thread each); ignored on CUDA
     batch_words: int = 2048  # centre words per minibatch, shared out among the threads (multiples of 16)
     seed: int = 1
+    # pooled: a pool of noise words per 8 centres, each scored by all of them (fast); per-pair:
+    # `negative` noise words of its own for every (centre, context) pair (skip-gram) or centre
+    # (CBOW), gensim's and word2vec.c's sampling: the same work per pair as they do
+    noise: str = "pooled"
 
     def __post_init__(self) -> None:
         checks = [
+            (self.noise in NOISE, f"--noise must be pooled or per-pair, not {self.noise!r}"),
             (self.arch in ARCHS, f"--arch must be cbow or skipgram, not {self.arch!r}"),
             (1 <= self.vector_size <= 10_000, "--vector-size must be between 1 and 10000"),
             (1 <= self.window <= 100, "--window must be between 1 and 100"),

@@ -94,6 +94,9 @@ class Trainer:
         # noise words per group of 8 centres: sizes chosen on Shakespeare (bench/README.md) as the
         # fastest whose quality matches gensim's (a pool row shared by fewer centres trains better)
         self.pool = (16 if cfg.arch == "skipgram" else 12) * -(-cfg.negative // 5)
+        self.G = GROUP  # centres that share a pool
+        if cfg.noise == "per-pair":  # a pool per centre: `negative` slots per window position
+            self.G, self.pool = 1, (2 * W + 1) * cfg.negative if cfg.arch == "skipgram" else cfg.negative
         self.keep = torch.from_numpy(keep_probability(corpus.counts, cfg.sample)).to(device)
         self.ids = torch.from_numpy(corpus.ids).to(device)
         self.sentence = torch.from_numpy(corpus.sentence).to(device)
@@ -293,12 +296,20 @@ class Trainer:
         pairs per centre, ``noise`` a pool per group of centres and the ``weight`` of its scores;
         for CBOW also ``mean`` (the context's weights) and ``mt`` (the mask's transpose per batch).
         Padding past the corpus's end meets nobody."""
-        G, P, W, s, nc = GROUP, self.pool, self.cfg.window, first * self.B, (last - first) * self.B
+        G, P, W, s, nc = self.G, self.pool, self.cfg.window, first * self.B, (last - first) * self.B
         sent_h = sentence[s : s + nc + 2 * W]
         band = sent_h.as_strided((nc, 2 * W + 1), (1, 1))
         m = (band == sent_h[W : W + nc, None]) & (self.dist[None, :] <= reach[s : s + nc, None])
         m = m.to(self.syn0.dtype)
         span = {"ids": ids[s : s + nc + 2 * W].long(), "m": m, "n": m.sum(1), "noise": self._noise(nc // G)}
+        if self.cfg.arch == "skipgram" and G == 1:
+            # per pair: window position k of centre c owns slots k*negative .. (k+1)*negative-1,
+            # weighted 1 where (c, k) is a pair and the noise word is not its context word
+            band_ids = span["ids"].as_strided((nc, 2 * W + 1), (1, 1))
+            neg = self.cfg.negative
+            hit = span["noise"] != band_ids.repeat_interleave(neg, 1)
+            span["weight"] = (m.repeat_interleave(neg, 1) * hit).view(nc, 1, P)
+            return span
         if self.cfg.arch == "skipgram":
             # each pair (centre, context) meets `negative` noise words: a centre with n pairs
             # weighs each of the P pool words by n * negative / P
@@ -315,7 +326,7 @@ class Trainer:
 
     def _compute(self, span: dict[str, Any], b: int, lr: float, with_loss: bool) -> _Updates:
         """The updates of the span's batch b (its centres bB .. bB+B-1)."""
-        B, W, G, s = self.B, self.cfg.window, GROUP, b * self.B
+        B, W, G, s = self.B, self.cfg.window, self.G, b * self.B
         cut = {"ids": slice(s, s + B + 2 * W), "noise": slice(s // G, (s + B) // G), "mt": b}
         cut["weight"] = cut["noise"]
         batch = {key: value[cut.get(key, slice(s, s + B))] for key, value in span.items()}
@@ -352,7 +363,7 @@ class Trainer:
     def _skipgram(self, batch: dict[str, Any], lr: float, with_loss: bool) -> _Updates:
         """Centre rows of syn0 score the syn1 rows of their context words and of the group's noise pool."""
         torch, F = self.torch, self.torch.nn.functional
-        B, W, G, P = self.B, self.cfg.window, GROUP, self.pool
+        B, W, G, P = self.B, self.cfg.window, self.G, self.pool
         ids_h, m, noise = batch["ids"], batch["m"], batch["noise"]
         ids_c = ids_h[W : W + B]
         X = self.syn0.index_select(0, ids_c)  # (B, d) centre inputs
@@ -377,7 +388,7 @@ class Trainer:
     def _cbow(self, batch: dict[str, Any], lr: float, with_loss: bool) -> _Updates:
         """The mean of the context rows of syn0 scores the centre's syn1 row and the noise pool."""
         torch, F = self.torch, self.torch.nn.functional
-        B, W, G, P = self.B, self.cfg.window, GROUP, self.pool
+        B, W, G, P = self.B, self.cfg.window, self.G, self.pool
         ids_h, noise, has = batch["ids"], batch["noise"], batch["has"]
         ids_c = ids_h[W : W + B]
         weight = batch["weight"]
@@ -413,7 +424,7 @@ class Team:
         torch, B, W, T = trainer.torch, trainer.B, trainer.cfg.window, trainer.workers
         shapes = [
             (B, 2 * W + 1) if trainer.cfg.arch == "skipgram" else (B,),
-            (B // GROUP, GROUP, trainer.pool),
+            (B // trainer.G, trainer.G, trainer.pool),
         ]
         self.boxes = [[[torch.zeros(s).share_memory_() for s in shapes] for _ in range(2)] for _ in range(T)]
         # the barrier: each worker's count of barriers passed, then an abort flag and a stop flag
