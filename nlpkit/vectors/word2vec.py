@@ -35,8 +35,8 @@ error, exit 65), so keep ``--batch-words`` near its default. Skip-gram takes the
 as input and scores its context words (word2vec.c scores the centre from each context word:
 the same pairs, roles swapped). The noise words are pooled as said above (``noise="per-pair"``,
 ``--noise per-pair``, draws word2vec's own instead: ``negative`` noise words for every pair,
-the same work per pair as gensim, slower), and the sigmoid is exact, not a table clipped at +-6. On Shakespeare the vectors score as gensim's do
-(bench/bench_word2vec.py).
+the same work per pair as gensim, slower), and the sigmoid is exact, not a table clipped at
++-6. On Shakespeare the vectors score as gensim's do (bench/bench_word2vec.py).
 """
 
 from __future__ import annotations
@@ -171,10 +171,9 @@ def _resume(
         raise DataError(f"the checkpoint's matrices are not {V} x {d}", where=path)
     state = json.loads(meta["nlpkit.word2vec.state"])
     torch, dev = trainer.torch, trainer.device
-    rngs = [torch.from_numpy(tensors[k]) for k in ("epoch_rng", "rng")]
-    pause = Pause(
-        int(state["epoch"]), int(state["first"]), *rngs, float(state["loss"]), float(state["pairs"])
-    )
+    epoch_rng, rng = (torch.from_numpy(tensors[k]) for k in ("epoch_rng", "rng"))
+    pause = Pause(int(state["epoch"]), int(state["first"]), epoch_rng, rng, float(state["loss"]),
+                  float(state["pairs"]))  # fmt: skip
     trainer.load(torch.from_numpy(tensors["syn0"]).to(dev), torch.from_numpy(tensors["syn1"]).to(dev), pause)
     stats.history, stats.pairs = list(state["history"]), int(state["pairs_total"])
 
