@@ -1,12 +1,18 @@
 """A chat model (SmolLM2-135M-Instruct by default; --model qwen2.5-coder-0.5b-instruct): nlpkit
 against llama.cpp and a naive eager PyTorch loop, side by side.
 
-Speed (same prompt, 2 threads each, greedy, runs alternated, median of --reps with min/max):
-  * nlpkit            Generator: float32 prefill, float16 fused decoder (the default)
-  * nlpkit-f32        Generator with --dtype float32
-  * naive-eager       transformers' AutoModelForCausalLM, float32, its KV cache, one token per call
-                      (--no-naive leaves it out)
-  * llama.cpp         llama-cpp-python on the model's GGUF itself (Q4_1, Q4_K_M...)
+Speed (same prompt, 2 threads each, greedy, runs alternated, median of --reps with min/max);
+every row names its weights' dtype:
+  * nlpkit f16        Generator: float32 prefill, float16 fused decoder (the default)
+  * nlpkit f32        Generator with --dtype float32
+  * nlpkit int4 onnx  `nlpkit quantize --bits 4 --group-size 32` served by ONNX Runtime
+                      (MatMulNBits, int8 activations; the folder bench_quantize.py builds)
+  * eager f32         transformers' AutoModelForCausalLM, float32, its KV cache, one token per
+                      call; eager bf16: the same in bfloat16, its best CPU dtype here (float16
+                      matrix products have no fast CPU kernel: --eager-f16 adds that row)
+                      (--no-naive leaves them out)
+  * llama.cpp         llama-cpp-python on the model's GGUF itself (Q4_1, Q4_K_M...: 4-bit
+                      weights, 8-bit activations), the headline reference
 Prefill: tokens/s over the prompt; decode: tokens/s over --new tokens (end token ignored).
 
 Parity (greedy, 7 chat prompts, --parity-tokens new tokens each): nlpkit against llama.cpp on the
@@ -64,6 +70,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct", help="a named chat model")
     ap.add_argument("--no-f32", dest="f32", action="store_false", help="skip the F32 GGUF parity")
     ap.add_argument("--no-naive", dest="naive", action="store_false", help="skip transformers' loop")
+    ap.add_argument("--eager-f16", action="store_true", help="also time transformers in float16")
+    ap.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the int4 ONNX Runtime row")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from nlpkit.llm.chat import ChatModel
@@ -83,13 +91,22 @@ def main() -> None:
 
     llm = Llama(model_path=str(gguf_path), n_ctx=2048, n_threads=args.threads, n_batch=512, verbose=False)
     runners = {
-        "nlpkit": lambda: _nlpkit(fast.gen, prompt, args.new),
-        "nlpkit-f32": lambda: _nlpkit(exact.gen, prompt, args.new),
-        "llama.cpp": lambda: _llama(llm, prompt, args.new),
+        "nlpkit f16": lambda: _nlpkit(fast.gen, prompt, args.new),
+        "nlpkit f32": lambda: _nlpkit(exact.gen, prompt, args.new),
+        f"llama.cpp {quant}": lambda: _llama(llm, prompt, args.new),
     }
+    if args.onnx and args.model == "smollm2-135m-instruct":
+        from bench_quantize import _onnx_generator, _quantized
+
+        int4 = _onnx_generator(_quantized(4), args.threads)
+        runners["nlpkit int4 onnx"] = lambda: _nlpkit(int4, prompt, args.new)
     if args.naive:
-        hf = _hf_model(folder)
-        runners["naive-eager"] = lambda: _naive(hf, prompt, args.new)
+        eager = {"eager f32": torch.float32, "eager bf16": torch.bfloat16}
+        if args.eager_f16:
+            eager["eager f16"] = torch.float16
+        for label, dtype in eager.items():
+            hf = _hf_model(folder, dtype)
+            runners[label] = lambda hf=hf: _naive(hf, prompt, args.new)
     speed: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in runners}
     for run in runners.values():
         run()  # warm-up: page in weights, build caches
@@ -107,19 +124,26 @@ def main() -> None:
         parity["llama.cpp F32 (same weights)"] = _parity(fast, f32, args)
         parity["llama.cpp F32, nlpkit --dtype float32"] = _parity(exact, f32, args)
     summary = {k: {m: _stats(v) for m, v in s.items()} for k, s in speed.items()}
-    base = summary.get("naive-eager", summary["nlpkit"])  # without --naive: ratios of 1
+
+    def ratio(a: str, b: str, m: str) -> float | None:
+        return summary[a][m]["median"] / summary[b][m]["median"] if a in summary and b in summary else None
+
+    ref = f"llama.cpp {quant}"
+    best_eager = max((k for k in summary if k.startswith("eager")), default=None,
+                     key=lambda k: summary[k]["decode"]["median"])  # fmt: skip
     result = {
         "model": args.model,
         "prompt_tokens": len(prompt),
         "new_tokens": args.new,
         "threads": args.threads,
         "speed": summary,
-        "decode_vs_naive": summary["nlpkit"]["decode"]["median"] / base["decode"]["median"],
-        "prefill_vs_naive": summary["nlpkit"]["prefill"]["median"] / base["prefill"]["median"],
-        "decode_vs_llama_cpp": summary["nlpkit"]["decode"]["median"]
-        / summary["llama.cpp"]["decode"]["median"],
-        "prefill_vs_llama_cpp": summary["nlpkit"]["prefill"]["median"]
-        / summary["llama.cpp"]["prefill"]["median"],
+        "decode_vs_llama_cpp": ratio("nlpkit f16", ref, "decode"),
+        "prefill_vs_llama_cpp": ratio("nlpkit f16", ref, "prefill"),
+        "int4_onnx_decode_vs_llama_cpp": ratio("nlpkit int4 onnx", ref, "decode"),
+        "int4_onnx_prefill_vs_llama_cpp": ratio("nlpkit int4 onnx", ref, "prefill"),
+        "best_eager": best_eager,
+        "decode_vs_best_eager": ratio("nlpkit f16", best_eager, "decode") if best_eager else None,
+        "decode_vs_eager_f32": ratio("nlpkit f16", "eager f32", "decode"),
         "parity": parity,
         "load": os.getloadavg()[0],
         "torch": torch.__version__,
@@ -129,7 +153,7 @@ def main() -> None:
     (HERE / "results" / name).write_text(json.dumps(result, indent=2) + "\n")
     for name, s in summary.items():
         print(
-            f"{name:12s} prefill {s['prefill']['median']:7.0f} tok/s"
+            f"{name:18s} prefill {s['prefill']['median']:7.0f} tok/s"
             f"  decode {s['decode']['median']:6.1f} tok/s"
             f"  (decode min {s['decode']['min']:.1f} max {s['decode']['max']:.1f})"
         )
@@ -144,10 +168,16 @@ def main() -> None:
         if args.f32
         else ""
     )
+
+    def fmt(v: object) -> str:
+        return f"{v:.2f}" if isinstance(v, float) else "n/a"
+
     print(
-        f"chat: model={args.model} decode_vs_naive={result['decode_vs_naive']:.2f} "
-        f"prefill_vs_naive={result['prefill_vs_naive']:.2f} "
-        f"decode_vs_llama_cpp={result['decode_vs_llama_cpp']:.2f} "
+        f"chat: model={args.model} vs llama.cpp {quant}: "
+        f"int4_onnx_decode={fmt(result['int4_onnx_decode_vs_llama_cpp'])} "
+        f"int4_onnx_prefill={fmt(result['int4_onnx_prefill_vs_llama_cpp'])} "
+        f"f16_decode={fmt(result['decode_vs_llama_cpp'])} f16_prefill={fmt(result['prefill_vs_llama_cpp'])}; "
+        f"f16 decode vs {best_eager}={fmt(result['decode_vs_best_eager'])} "
         + f32_part
         + f"parity_{quant.lower()}={parity[f'llama.cpp {quant}']['greedy_equal']}/{len(QUESTIONS)}"
     )
@@ -170,14 +200,14 @@ def _nlpkit(gen, prompt: list[int], new: int) -> tuple[float, float]:  # type: i
     return len(prompt) / (t1 - t0), new / (t2 - t1)
 
 
-def _hf_model(folder: Path):  # type: ignore[no-untyped-def]
+def _hf_model(folder: Path, dtype: torch.dtype):  # type: ignore[no-untyped-def]
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(folder), torch_dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).eval()
 
 
 def _naive(hf, prompt: list[int], new: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """The plain loop: the model's own KV cache, one token per forward call, float32."""
+    """The plain loop: the model's own KV cache, one token per forward call."""
     with torch.inference_mode():
         t0 = time.perf_counter()
         out = hf(torch.tensor([prompt]), use_cache=True)

@@ -45,6 +45,17 @@ class LSTMLM(nn.Module):
         # makes a tied head's first logits so small that learning starts slowly
         nn.init.uniform_(self.embed.weight, -0.1, 0.1)
         nn.init.zeros_(self.head.bias)
+        if cfg.cell == "lstm":
+            # forget gates open at the start (bias 1: Gers et al. 2000, Jozefowicz et al. 2015):
+            # with PyTorch's small random biases the cell halves its memory every step, and on
+            # bench_rnn's recall task the LSTM then learned a 20-step gap only half the time
+            H = cfg.n_embd
+            with torch.no_grad():
+                for name, b in self.lstm.named_parameters():
+                    if name.startswith("bias_ih"):  # gates in PyTorch's order: input, forget, cell, output
+                        b[H : 2 * H] = 1.0
+                    elif name.startswith("bias_hh"):
+                        b[H : 2 * H] = 0.0
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
 
