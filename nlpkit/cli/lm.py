@@ -171,8 +171,9 @@ def _train(
     if os.environ.get("RANK", "0") != "0":  # under torchrun, only rank 0 reports
         return
     print(json.dumps(summary), flush=True)
-    say(f"{summary['step']} steps, val_loss {summary.get('val_loss', float('nan')):.4f}, "
-        f"{summary.get('tokens_per_s')} tokens/s: {output}")  # fmt: skip
+    val = summary.get("val_loss")
+    val_part = f"val_loss {val:.4f}, " if isinstance(val, float) and val == val else ""  # none: not evaluated
+    say(f"{summary['step']} steps, {val_part}{summary.get('tokens_per_s')} tokens/s: {output}")
 
 
 @app.command("train-transformer", rich_help_panel="Language models from scratch")
