@@ -85,7 +85,13 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--redraw", action="store_true", help="only redraw rnn.svg from rnn.json")
     args = ap.parse_args()
+    if args.redraw:
+        saved = json.loads((HERE / "results" / "rnn.json").read_text())
+        results = {c: {int(n): r for n, r in v.items()} for c, v in saved["results"].items()}
+        (HERE / "results" / "rnn.svg").write_text(_svg(results, sorted(results["rnn"])))
+        return
     import torch
 
     torch.set_num_threads(args.threads)
@@ -124,10 +130,13 @@ def _svg(results: dict[str, dict[int, dict[str, float]]], lengths: list[int]) ->
         out.append(f'<text x="{left - 8}" y="{y(acc) + 4}" text-anchor="end">{acc:.2f}</text>')
     for i, n in enumerate(lengths):
         out.append(f'<text x="{x(i)}" y="{H - bottom + 18}" text-anchor="middle">N={n}</text>')
+    out.append(f'<line x1="{left}" x2="{W - 20}" y1="{y(0.125)}" y2="{y(0.125)}" stroke="#999" '
+               'stroke-dasharray="4 3"/>')  # fmt: skip
+    out.append(f'<text x="{W - 22}" y="{y(0.125) - 4}" text-anchor="end" fill="#999">chance</text>')
     for k, cell in enumerate(CELLS):
         pts = " ".join(f"{x(i)},{y(results[cell][n]['accuracy'])}" for i, n in enumerate(lengths))
         out.append(f'<polyline points="{pts}" fill="none" stroke="{colors[cell]}" stroke-width="2"/>')
-        out.append(f'<text x="{W - 120}" y="{top + 16 * k + 10}" fill="{colors[cell]}">{cell.upper()}</text>')
+        out.append(f'<text x="{W - 120}" y="{top + 60 + 16 * k}" fill="{colors[cell]}">{cell.upper()}</text>')
     return "\n".join([*out, "</svg>"]) + "\n"
 
 
