@@ -477,8 +477,9 @@ def _setup(
 def _loop(run: PPORun, out: Path) -> dict[str, Any]:
     """Iterate until ``steps``; append each step's record to train.jsonl; checkpoint on
     schedule, at the end, and on SIGTERM / Ctrl-C (then raise Stopped / Interrupted)."""
+    from nlpkit.io.signals import StopFlag
     from nlpkit.io.talk import Progress
-    from nlpkit.lm.train.checkpoint import StopFlag, truncate_log
+    from nlpkit.lm.train.checkpoint import truncate_log
 
     state, cfg = run.state, run.cfg
     truncate_log(out / "train.jsonl", state["step"])

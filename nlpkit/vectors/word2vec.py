@@ -89,7 +89,7 @@ def train(
     threads). The caller removes the checkpoint once the vectors are safely written.
     """
     from nlpkit.errors import Interrupted, Stopped
-    from nlpkit.lm.train.checkpoint import StopFlag
+    from nlpkit.io.signals import StopFlag
 
     torch = import_torch()
     device = resolve_device(device)

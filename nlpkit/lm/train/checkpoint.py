@@ -1,6 +1,6 @@
 """How a training run survives: torchrun processes, stop signals, and checkpoints to resume from.
 
-    with distributed("cpu") as d, StopFlag() as stop:   # rank 0 of 1 outside torchrun
+    with distributed("cpu") as d, StopFlag() as stop:   # io.signals; rank 0 of 1 outside torchrun
         ...
         save_checkpoint(out, run, d)                      # checkpoints/step-N.pt, then ``latest``
     ckpt = load_checkpoint(out)                           # what ``train(..., resume=True)`` reads
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -30,32 +29,6 @@ if TYPE_CHECKING:
 
 
 KEEP_CHECKPOINTS = 2
-
-
-class StopFlag:
-    """SIGTERM or a first Ctrl-C set ``signum``; the loop checkpoints and stops at the next step.
-    A second Ctrl-C interrupts at once."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopFlag:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and self.signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
 
 
 # --------------------------------------------------------------------------- checkpoints

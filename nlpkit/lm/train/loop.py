@@ -40,9 +40,9 @@ import numpy as np
 
 from nlpkit.errors import DataError, Interrupted, Stopped, UsageError
 from nlpkit.io.deps import import_torch
+from nlpkit.io.signals import StopFlag
 from nlpkit.lm.train.checkpoint import (
     RunState,
-    StopFlag,
     load_checkpoint,
     save_checkpoint,
     set_rng_state,
