@@ -8,8 +8,7 @@ every row names its weights' dtype:
   * nlpkit int4 onnx  `nlpkit quantize --bits 4 --group-size 32` served by ONNX Runtime
                       (MatMulNBits, int8 activations; the folder bench_quantize.py builds)
   * eager f32         transformers' AutoModelForCausalLM, float32, its KV cache, one token per
-                      call; eager bf16: the same in bfloat16, its best CPU dtype here (float16
-                      matrix products have no fast CPU kernel: --eager-f16 adds that row)
+                      call; eager bf16: the same in bfloat16 (--eager-f16 adds a float16 row)
                       (--no-naive leaves them out)
   * llama.cpp         llama-cpp-python on the model's GGUF itself (Q4_1, Q4_K_M...: 4-bit
                       weights, 8-bit activations), the headline reference
