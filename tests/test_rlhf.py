@@ -520,3 +520,16 @@ def test_ppo_sigterm_checkpoints_and_resume_finishes_the_same_run(
         return [json.loads(x)["reward"] for x in (folder / "train.jsonl").read_text().splitlines()]
 
     assert rewards(out) == rewards(tmp_path / "a") and len(rewards(out)) == 12
+
+
+def test_kl_and_error_is_the_ratio_estimate_and_its_delta_method_error() -> None:
+    """Three sequences of 2, 3 and 1 response tokens: the KL per token is the token sum over the
+    token count; its error the ratio estimator's over the sequences; one sequence: no error."""
+    kl = torch.tensor([[0.1, 0.3, 0.0], [0.2, 0.2, 0.5], [0.4, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    est, err = ppo.kl_and_error(kl, mask)
+    assert est == pytest.approx(1.7 / 6)
+    k, n = [0.4, 0.9, 0.4], [2, 3, 1]
+    want = (sum((ki - est * ni) ** 2 for ki, ni in zip(k, n, strict=True)) / (3 * 2)) ** 0.5 / 2
+    assert err == pytest.approx(want)
+    assert ppo.kl_and_error(kl[:1], mask[:1]) == (pytest.approx(0.2), 0.0)

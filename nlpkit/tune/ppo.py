@@ -16,8 +16,8 @@ details of RLHF with PPO"). The algorithm, one iteration (``PPO step``):
    batch / horizon``), and a trust region around SFT: the policy's KL to SFT is estimated by
    smoothing the rollouts' KL over iterations (``KL_SMOOTHING``), and after each minibatch
    update moved by the update's change measured on the whole rollout batch (importance-
-   weighted, ``kl_after``); an update that takes the estimate past the target is undone and
-   ends the iteration. Measured on the
+   weighted, ``kl_after``); an update that takes the estimate plus its standard error past the
+   target is undone and ends the iteration. Measured on the
    README's example, the controller alone did not hold the target at 16 rollouts per step (it
    lowered the weight while the KL was small, then could not raise it fast enough when the
    policy collapsed into short stock praise: 0.8-1.3 nats per token).
@@ -552,8 +552,11 @@ def _ppo_step(run: PPORun, batch: list[Any]) -> dict[str, Any]:
     # the policy as it is, but noisy: 16 rollouts of one unchanged policy measured 0.10 and
     # 0.17) smoothed over iterations, then moved by each update's change measured on the batch
     # (the batch's own noise cancels in the change)
-    rollout_kl = float(kl_tokens.sum() / mask.sum().clamp(min=1))
-    estimate = (1 - KL_SMOOTHING) * run.state.get("kl_estimate", 0.0) + KL_SMOOTHING * rollout_kl
+    rollout_kl, rollout_se = kl_and_error(kl_tokens, mask)
+    a = KL_SMOOTHING
+    estimate = (1 - a) * run.state.get("kl_estimate", 0.0) + a * rollout_kl
+    # its standard error: the rollouts' errors, smoothed alike (independent batches)
+    error = math.sqrt((1 - a) ** 2 * run.state.get("kl_error", 0.0) ** 2 + a**2 * rollout_se**2)
     change = 0.0
     advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
     advantages = whiten(advantages, mask)
@@ -579,9 +582,9 @@ def _ppo_step(run: PPORun, batch: list[Any]) -> dict[str, Any]:
         optimizer.step()
         if cfg.target_kl:
             moved = kl_after(policy, ids, plen, tokens, mask, logps, ref_logps) - rollout_kl
-            if estimate + moved > cfg.target_kl:
+            if estimate + moved + error > cfg.target_kl:
                 # the trust region: this update would take the policy past --target-kl from
-                # SFT; undo it and end the iteration
+                # SFT (by the estimate plus its standard error); undo it and end the iteration
                 with torch.no_grad():
                     for p, saved in zip(trainable, before[0], strict=True):
                         p.copy_(saved)
@@ -596,12 +599,13 @@ def _ppo_step(run: PPORun, batch: list[Any]) -> dict[str, Any]:
     times["optimize_s"] = time.perf_counter() - t
     lengths = mask.sum(1)
     kl_per_token = rollout_kl
-    run.state["kl_estimate"] = estimate + change
+    run.state["kl_estimate"], run.state["kl_error"] = estimate + change, error
     record = {
         "reward": float(scores.mean()),
         "reward_std": float(scores.std()) if len(batch) > 1 else 0.0,
         "kl": kl_per_token,
         "kl_estimate": run.state["kl_estimate"],  # the trust region's, after this step's updates
+        "kl_error": error,  # its standard error
         "kl_coef": kl.coef,
         **{k: v / max(n, 1) for k, v in sums.items()},
         "response_length": float(lengths.mean()),
@@ -612,6 +616,17 @@ def _ppo_step(run: PPORun, batch: list[Any]) -> dict[str, Any]:
     }
     kl.update(kl_per_token, len(batch))
     return record
+
+
+def kl_and_error(kl_tokens: Any, mask: Any) -> tuple[float, float]:
+    """A rollout's KL to SFT per response token (the sum over tokens / tokens) and the standard
+    error of that ratio over its sequences (the delta method: sequences are the samples)."""
+    k, n = kl_tokens.sum(1).double(), mask.sum(1).double()
+    kl = float(k.sum() / n.sum().clamp(min=1))
+    m = len(k)
+    if m < 2:
+        return kl, 0.0
+    return kl, float(((k - kl * n) ** 2).sum().div(m * (m - 1)).sqrt() / n.mean().clamp(min=1e-12))
 
 
 def kl_after(policy: Any, ids: Any, plen: Any, tokens: Any, mask: Any, old: Any, ref: Any) -> float:
