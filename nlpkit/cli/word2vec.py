@@ -56,8 +56,12 @@ def train_word2vec_cmd(
         int, typer.Option("--threads", help="CPU worker processes (one core each).", envvar="NLPKIT_THREADS")
     ] = 2,
     batch_words: Annotated[
-        int, typer.Option("--batch-words", help="Centre words per minibatch; much larger trains worse.")
-    ] = 2048,
+        int,
+        typer.Option(
+            "--batch-words",
+            help="Centre words per minibatch (0: 512 for skip-gram, 2048 for CBOW); larger trains worse.",
+        ),
+    ] = 0,
     field: Annotated[str, typer.Option("--field", help="JSONL field holding the text.")] = "text",
     input_format: InputFormat = "auto",
     seed: Seed = 1,

@@ -13,6 +13,9 @@ import numpy as np
 from nlpkit.errors import DataError, UsageError
 
 NOISE = ("pooled", "per-pair")
+# the default minibatch per architecture: skip-gram with 2048 reached 0.5 % of the analogies on
+# an 8.3M-word corpus (gensim 14.5 %), with 512 13.1 % (bench/README.md, bench_word2vec)
+BATCH_WORDS = {"skipgram": 512, "cbow": 2048}
 TOKEN_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 ARCHS = ("cbow", "skipgram")
 
@@ -43,7 +46,9 @@ class Word2VecConfig:
     min_alpha: float = 0.0001
     epochs: int = 5
     threads: int = 2  # CPU workers (processes, one torch thread each); ignored on CUDA
-    batch_words: int = 2048  # centre words per minibatch, shared out among the threads (multiples of 16)
+    # centre words per minibatch, shared out among the threads (multiples of 16); 0: by arch,
+    # BATCH_WORDS (skip-gram's 2048 trained well on Shakespeare but failed on 8M words)
+    batch_words: int = 0
     seed: int = 1
     # pooled: a pool of noise words per 8 centres, each scored by all of them (fast); per-pair:
     # `negative` noise words of its own for every (centre, context) pair (skip-gram) or centre
@@ -51,6 +56,8 @@ class Word2VecConfig:
     noise: str = "pooled"
 
     def __post_init__(self) -> None:
+        if self.batch_words == 0 and self.arch in BATCH_WORDS:
+            self.batch_words = BATCH_WORDS[self.arch]
         checks = [
             (self.noise in NOISE, f"--noise must be pooled or per-pair, not {self.noise!r}"),
             (self.arch in ARCHS, f"--arch must be cbow or skipgram, not {self.arch!r}"),
