@@ -55,6 +55,7 @@ import numpy as np
 
 from nlpkit.io.deps import import_torch, resolve_device
 from nlpkit.io.records import read_texts
+from nlpkit.io.signals import StopFlag
 from nlpkit.vectors.word2vec_corpus import (
     TOKEN_RE,
     Corpus,
@@ -77,6 +78,7 @@ def train(
     stats: TrainStats | None = None,
     checkpoint: str | None = None,
     resume: bool = False,
+    stop: StopFlag | None = None,
 ) -> np.ndarray:
     """Train word vectors on ``corpus``; returns the input vectors, ``(len(corpus.words), vector_size)``.
 
@@ -88,10 +90,13 @@ def train(
     with ``checkpoint`` (a file path) the matrices, the random generator's state and the place
     are written there, then ``Stopped`` (exit 143) or ``Interrupted`` (130) is raised;
     ``resume=True`` continues from that file, bitwise as if never stopped (same seed and
-    threads). The caller removes the checkpoint once the vectors are safely written.
+    threads). The caller removes the checkpoint once the vectors are safely written. ``stop``: a
+    StopFlag the caller installed earlier (a signal while it read the corpus stops the run at
+    its first span); without one, train installs its own.
     """
+    import contextlib
+
     from nlpkit.errors import Interrupted, Stopped
-    from nlpkit.io.signals import StopFlag
 
     torch = import_torch()
     device = resolve_device(device)
@@ -102,11 +107,11 @@ def train(
         trainer = Trainer(torch, corpus, cfg, device)
         if resume:
             _resume(trainer, corpus, cfg, checkpoint, stats)
-        with StopFlag() as stop:
-            trainer.stop = lambda: bool(stop.signum)
+        with contextlib.nullcontext(stop) if stop is not None else StopFlag() as flag:
+            trainer.stop = lambda: bool(flag.signum)
             vectors = trainer.run(progress, stats)
         if vectors is None:  # stopped by a signal between two spans
-            error, how = (Stopped, "SIGTERM") if stop.signum == signal.SIGTERM else (Interrupted, "Ctrl-C")
+            error, how = (Stopped, "SIGTERM") if flag.signum == signal.SIGTERM else (Interrupted, "Ctrl-C")
             assert trainer.paused is not None
             if checkpoint is None:
                 raise error(f"stopped by {how}; nothing was written")
@@ -187,6 +192,7 @@ def train_with_progress(
     stats: TrainStats,
     checkpoint: str | None = None,
     resume: bool = False,
+    stop: StopFlag | None = None,
 ) -> np.ndarray:
     """``train`` with nlpkit's progress on stderr: words done, words/s and the loss."""
     from nlpkit.io.talk import Progress
@@ -199,7 +205,7 @@ def train_with_progress(
             rate = (bar.done + words) / max(time.perf_counter() - start, 1e-9)
             bar.advance(words, **{"words/s": f"{rate:,.0f}", "loss": f"{loss:.4f}"})
 
-        return train(corpus, cfg, device, report, stats, checkpoint, resume)
+        return train(corpus, cfg, device, report, stats, checkpoint, resume, stop)
 
 
 def train_vectors(
@@ -215,14 +221,29 @@ def train_vectors(
     """``nlpkit train-word2vec``: read, count, train with progress on stderr. Returns the vectors
     and the metadata to store with them (hyperparameters and provenance, ``nlpkit.word2vec``);
     ``checkpoint`` and ``resume`` as in ``train``."""
+    device = resolve_device(device)  # fail (69) before reading a large corpus
+    with StopFlag() as stop:  # from here: a SIGTERM while reading stops the run at its start
+        return _read_and_train(paths, cfg, device, field, fmt, stats, checkpoint, resume, stop)
+
+
+def _read_and_train(
+    paths: Sequence[str],
+    cfg: Word2VecConfig,
+    device: str,
+    field: str,
+    fmt: str,
+    stats: TrainStats | None,
+    checkpoint: str | None,
+    resume: bool,
+    stop: StopFlag,
+) -> tuple[WordVectors, dict[str, str]]:
     from nlpkit.io.talk import say
     from nlpkit.vectors.wordvectors import WordVectors
 
-    device = resolve_device(device)  # fail (69) before reading a large corpus
     corpus = build_corpus(read_texts(paths, field, fmt), cfg.min_count, cfg.max_vocab)
     say(f"{corpus.raw_words} words in {corpus.records} records; vocabulary {len(corpus.words)} words")
     stats = stats if stats is not None else TrainStats()
-    vectors = train_with_progress(corpus, cfg, device, stats, checkpoint, resume)
+    vectors = train_with_progress(corpus, cfg, device, stats, checkpoint, resume, stop)
     info = {**asdict(cfg), "device": device, "tokenizer": f"lowercase, regex {TOKEN_RE.pattern}",
             "inputs": list(paths), "corpus_sha256": corpus.sha256, "records": corpus.records,
             "raw_words": corpus.raw_words, "vocab": len(corpus.words)}  # fmt: skip
