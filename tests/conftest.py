@@ -68,6 +68,24 @@ def run_cli(
     )
 
 
+def sigterm_after_logging(
+    args: list[str], log: Path, lines: int, env: dict[str, str] | None = None, poll: float = 0.02
+) -> tuple[int, bytes, bytes]:
+    """Start a training process, send it SIGTERM once its ``log`` (train.jsonl) has ``lines``
+    lines, and wait for it: its exit status, stdout and stderr."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while not (log.exists() and log.read_text().count("\n") >= lines):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(poll)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    return proc.returncode, stdout, stderr
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random BERT folder (config.json, model.safetensors, tokenizer.json): tests/bert_fixture.py."""

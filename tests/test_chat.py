@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from tests.test_tokenizer import smollm_like
+from tests.test_tokenizer import gguf_vocab, smollm_like
 
 torch = pytest.importorskip("torch")
 gguf = pytest.importorskip("gguf")
@@ -44,12 +44,7 @@ def write_llama_gguf(
 ):
     """A tiny random Llama in llama.cpp's layout (renamed, Q/K rows permuted) with a byte-level
     BPE and a ChatML template; returns the reference model it was made from."""
-    tok = smollm_like()
-    data = json.loads(tok.to_str())
-    vocab = data["model"]["vocab"]
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    tokens += [a.content for a in sorted(tok.get_added_tokens_decoder().values(), key=lambda a: a.content)
-               if a.content not in vocab]  # fmt: skip
+    tokens, merges = gguf_vocab(smollm_like())
     V = len(tokens)
     cfg = ModelConfig(arch="llama", vocab_size=V, block_size=context, n_layer=2, n_embd=64, n_head=4, n_kv_head=2,
                       intermediate_size=96, rope_theta=10000.0, bos_id=1, eos_id=2, pad_id=2)  # fmt: skip
@@ -69,7 +64,7 @@ def write_llama_gguf(
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("smollm")
     w.add_token_list(tokens)
-    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in data["model"]["merges"]])
+    w.add_token_merges(merges)
     w.add_token_types([3 if i < 3 else 1 for i in range(V)])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)

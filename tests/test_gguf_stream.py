@@ -5,7 +5,6 @@ costs about one float32 tensor of memory instead of the whole model (a 1.5B mode
 from __future__ import annotations
 
 import gc
-import json
 import re
 import tracemalloc
 from collections.abc import Callable
@@ -248,14 +247,9 @@ def test_an_undecodable_tensor_is_refused_before_anything_is_written(tmp_path: P
 def write_wide_llama(path: Path, width: int, heads: int) -> int:
     """A one-layer Llama whose seven projections are each ``width`` x ``width`` float32, with
     test_chat's tokenizer; returns the bytes of one projection."""
-    from tests.test_tokenizer import smollm_like
+    from tests.test_tokenizer import gguf_vocab, smollm_like
 
-    tok = smollm_like()
-    data = json.loads(tok.to_str())
-    vocab = data["model"]["vocab"]
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    tokens += [a.content for a in sorted(tok.get_added_tokens_decoder().values(), key=lambda a: a.content)
-               if a.content not in vocab]  # fmt: skip
+    tokens, merges = gguf_vocab(smollm_like())
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_context_length(64)
     w.add_embedding_length(width)
@@ -269,7 +263,7 @@ def write_wide_llama(path: Path, width: int, heads: int) -> int:
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("smollm")
     w.add_token_list(tokens)
-    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in data["model"]["merges"]])
+    w.add_token_merges(merges)
     w.add_token_types([3 if i < 3 else 1 for i in range(len(tokens))])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)

@@ -5,17 +5,14 @@ and the refusals; all on the tiny random Llama of test_chat."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, sigterm_after_logging
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("gguf")
@@ -264,17 +261,11 @@ def test_sigterm_checkpoints_then_resume_continues_the_same_loss_curve(base: Pat
     full = run_cli(*common, "-o", str(tmp_path / "a"), "--max-steps", "14")
     assert full.returncode == 0, full.stderr
     out = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, "-m", "nlpkit", *common, "-o", str(out), "--max-steps", "14"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not ((out / "train.jsonl").exists() and (out / "train.jsonl").read_text().count("\n") >= 3):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-    if proc.returncode == 0:
+    returncode, _, stderr = sigterm_after_logging([sys.executable, "-m", "nlpkit", *common, "-o", str(out), "--max-steps", "14"],
+                                 out / "train.jsonl", 3)  # fmt: skip
+    if returncode == 0:
         pytest.skip("the run finished before the signal arrived")
-    assert proc.returncode == 143 and b"stopped by SIGTERM" in stderr, stderr
+    assert returncode == 143 and b"stopped by SIGTERM" in stderr, stderr
     done = run_cli(*common, "-o", str(out), "--resume", "--max-steps", "14")
     assert done.returncode == 0, done.stderr
     a, _ = load_tensors(str(tmp_path / "a" / "adapter_model.safetensors"))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from tests.test_tokenizer import smollm_like
+from tests.test_tokenizer import gguf_vocab, smollm_like
 
 torch = pytest.importorskip("torch")
 gguf = pytest.importorskip("gguf")
@@ -52,12 +52,7 @@ _NAMES = {
 def write_qwen2_gguf(path: Path, tied: bool = False, seed: int = 0, quant: str = "F32"):  # type: ignore[no-untyped-def]
     """A tiny random Qwen2 as llama.cpp writes one: q/k/v biases, rows in their own order
     (NeoX RoPE), RoPE base 1e6, ``output.weight`` unless tied, the qwen2 pre-tokenizer."""
-    tok = smollm_like()
-    data = json.loads(tok.to_str())
-    vocab = data["model"]["vocab"]
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    tokens += [a.content for a in sorted(tok.get_added_tokens_decoder().values(), key=lambda a: a.content)
-               if a.content not in vocab]  # fmt: skip
+    tokens, merges = gguf_vocab(smollm_like())
     V = len(tokens)
     cfg = ModelConfig(arch="llama", vocab_size=V, block_size=128, n_layer=2, n_embd=64, n_head=4, n_kv_head=2,
                       intermediate_size=96, rope_theta=1e6, norm_eps=1e-6, bos_id=0, eos_id=2, pad_id=0,
@@ -80,7 +75,7 @@ def write_qwen2_gguf(path: Path, tied: bool = False, seed: int = 0, quant: str =
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")
     w.add_token_list(tokens)
-    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in data["model"]["merges"]])
+    w.add_token_merges(merges)
     w.add_token_types([3 if i < 3 else 1 for i in range(V)])
     w.add_bos_token_id(0)
     w.add_eos_token_id(2)

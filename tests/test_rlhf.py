@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, sigterm_after_logging
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("gguf")
@@ -490,10 +490,7 @@ def test_kl_after_is_the_rollout_kl_and_zero_at_the_reference() -> None:
 def test_ppo_sigterm_checkpoints_and_resume_finishes_the_same_run(
     base: Path, rm: Path, tmp_path: Path
 ) -> None:
-    import signal
-    import subprocess
     import sys
-    import time
 
     common = ["rlhf", "ppo", str(base / "model"), str(base / "prompts.jsonl"), "--reward", str(rm),
               "--rollout-batch", "4", "--minibatch", "2", "--max-new-tokens", "6", "--lr", "1e-3",
@@ -501,17 +498,11 @@ def test_ppo_sigterm_checkpoints_and_resume_finishes_the_same_run(
     full = run_cli(*common, "-o", str(tmp_path / "a"), "--steps", "12", timeout=120)
     assert full.returncode == 0, full.stderr
     out = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, "-m", "nlpkit", *common, "-o", str(out), "--steps", "12"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not ((out / "train.jsonl").exists() and (out / "train.jsonl").read_text().count("\n") >= 2):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-    if proc.returncode == 0:
+    returncode, _, stderr = sigterm_after_logging([sys.executable, "-m", "nlpkit", *common, "-o", str(out), "--steps", "12"],
+                                 out / "train.jsonl", 2)  # fmt: skip
+    if returncode == 0:
         pytest.skip("the run finished before the signal arrived")
-    assert proc.returncode == 143 and b"stopped by SIGTERM" in stderr, stderr
+    assert returncode == 143 and b"stopped by SIGTERM" in stderr, stderr
     assert (out / "checkpoints" / "latest").is_file()
     done = run_cli(*common, "-o", str(out), "--resume", "--steps", "12", timeout=120)
     assert done.returncode == 0, done.stderr

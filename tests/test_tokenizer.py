@@ -417,6 +417,20 @@ def smollm_like():  # type: ignore[no-untyped-def]
     return tok
 
 
+def gguf_vocab(tok):  # type: ignore[no-untyped-def]
+    """A tokenizers BPE as a GGUF file lists it: the tokens in id order (the added ones after the
+    model's), and the merges as "a b" strings."""
+    import json
+
+    data = json.loads(tok.to_str())
+    vocab = data["model"]["vocab"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    tokens += [a.content for a in sorted(tok.get_added_tokens_decoder().values(), key=lambda a: a.content)
+               if a.content not in vocab]  # fmt: skip
+    merges = [" ".join(m) if isinstance(m, list) else m for m in data["model"]["merges"]]
+    return tokens, merges
+
+
 @pytest.fixture(scope="module")
 def gguf_pair(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """(the tokenizer rebuilt from a tiny GGUF, the tokenizer the GGUF was made from)."""

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from nlpkit.lm.train.config import TrainConfig, resolve_configs  # noqa: E402
 from nlpkit.lm.train.data import TokenStream, char_tokenizer, encode_stream, read_texts  # noqa: E402
 from nlpkit.lm.train.evaluate import eval_model  # noqa: E402
 from nlpkit.lm.train.loop import train  # noqa: E402
+from tests.conftest import sigterm_after_logging  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 SONNETS = str(DATA / "sonnets-tiny.txt")
@@ -176,14 +175,8 @@ def test_sigterm_checkpoints_and_exits_143_then_resume_finishes(tmp_path: Path) 
     out = tmp_path / "m"
     base = [sys.executable, "-m", "nlpkit", "train-transformer", SONNETS, "-o", str(out), "--threads", "1"]
     args = [*base, "--preset", "tiny", "--max-steps", "100000", "--log-interval", "1", "--device", "cpu"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
-    deadline = time.monotonic() + 60
-    while not ((out / "train.jsonl").exists() and (out / "train.jsonl").read_text().count("\n") >= 3):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 143, stderr
+    returncode, stdout, stderr = sigterm_after_logging(args, out / "train.jsonl", 3, env=ENV, poll=0.05)
+    assert returncode == 143, stderr
     line = stderr.decode().strip().splitlines()[-1]
     assert line.startswith(f"nlpkit: error: {out}: stopped by SIGTERM at step ")
     assert line.endswith("; checkpoint saved; continue with --resume") and stdout == b""
